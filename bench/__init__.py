@@ -1,0 +1,1 @@
+"""The benchmark harness: suites, sweeps, timing, metrics, records, tables, plots and the `scorebench` CLI."""

@@ -1,0 +1,31 @@
+"""The `scorebench` command line. Each sub-command lives in its own module with `register(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# modules that each add one sub-command: register(subparsers) sets `func(args) -> int` as the handler
+COMMAND_MODULES = ("bench.cmd_list",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scorebench",
+        description="Benchmark samplers of score-based and diffusion models: sweep samplers across NFE budgets and "
+        "record sample quality and wall-clock.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as err:  # user input problems: one line, non-zero exit
+        print(f"scorebench {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,100 @@
+"""The one model interface: a denoiser over the VE noise level sigma, and the NFE counter around it."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .processes import Process, broadcast
+
+__all__ = ["Denoiser", "CountingDenoiser"]
+
+
+class Denoiser(nn.Module):
+    """D(x, sigma) -> estimate of x0, for x = x0 + sigma * eps (VE parametrisation), whatever the model was trained as.
+
+    Attributes every model carries: `shape` (one sample's shape), `sigma_min`/`sigma_max` (the noise range it was
+    trained on), `data_range` (e.g. (-1, 1)), `sde` (its native Process) and `process` ("ve" or "vp").
+    """
+
+    def __init__(
+        self,
+        *,
+        shape: tuple[int, ...],
+        sde: Process,
+        data_range: tuple[float, float] = (-1.0, 1.0),
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        name: str = "",
+    ):
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+        self.sde = sde
+        self.data_range = (float(data_range[0]), float(data_range[1]))
+        self.sigma_min = float(sde.sigma_min if sigma_min is None else sigma_min)
+        self.sigma_max = float(sde.sigma_max if sigma_max is None else sigma_max)
+        self.name = name
+
+    @property
+    def process(self) -> str:
+        return self.sde.name
+
+    @property
+    def device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.denoise(x, sigma)
+
+    def score(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """grad_x log p(x; sigma) = (D(x, sigma) - x) / sigma^2."""
+        return (self(x, sigma) - x) / broadcast(sigma, x) ** 2
+
+    def check_input(self, x: Tensor, sigma: Tensor) -> None:
+        """Raise ValueError when x or sigma do not fit this model (called by the public entry points, not per step)."""
+        if tuple(x.shape[1:]) != self.shape:
+            raise ValueError(
+                f"model {self.name or type(self).__name__} expects samples of shape {self.shape}, "
+                f"got {tuple(x.shape[1:])}"
+            )
+        if sigma.ndim != 1 or sigma.shape[0] != x.shape[0]:
+            raise ValueError(f"sigma must have shape [{x.shape[0]}], got {list(sigma.shape)}")
+
+
+class CountingDenoiser(Denoiser):
+    """Wraps a Denoiser and counts its evaluations: `calls` (network calls) and `evals` (rows evaluated)."""
+
+    def __init__(self, inner: Denoiser):
+        super().__init__(
+            shape=inner.shape,
+            sde=inner.sde,
+            data_range=inner.data_range,
+            sigma_min=inner.sigma_min,
+            sigma_max=inner.sigma_max,
+            name=inner.name,
+        )
+        self.inner = inner
+        self.calls = 0
+        self.evals = 0
+
+    def reset(self) -> None:
+        self.calls = 0
+        self.evals = 0
+
+    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        self.calls += 1
+        self.evals += x.shape[0]
+        return self.inner(x, sigma)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)

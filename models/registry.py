@@ -1,0 +1,77 @@
+"""Built-in models by name, and `load_model` for every model spec (built-in name, diffusers:PATH, native directory)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import Denoiser
+from .gmm import GaussianMixture, GMMDenoiser, gmm_2d, gmm_64d
+from .processes import DDPMProcess, Process, VEProcess, VPProcess
+
+__all__ = ["ModelSpec", "MODELS", "load_model", "register_model"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    summary: str
+    build: Callable[[], Denoiser]
+    kind: str = "analytic"  # "analytic" | "checkpoint"
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    MODELS[spec.name] = spec
+    return spec
+
+
+_PROCESSES: dict[str, tuple[str, Callable[[], Process]]] = {
+    "ve": ("VE, sigma 0.01..50", lambda: VEProcess(0.01, 50.0)),
+    "vp": ("continuous VP-SDE", VPProcess),
+    "ddpm": ("discrete DDPM, T=1000", DDPMProcess),
+}
+_MIXTURES: dict[str, tuple[str, Callable[[], GaussianMixture]]] = {
+    "gmm-2d": ("6 anisotropic Gaussians on a ring in 2-d, unequal weights", gmm_2d),
+    "gmm-64d": ("8 low-rank-plus-isotropic Gaussians in 64-d", gmm_64d),
+}
+
+
+def _gmm_builder(name: str, mixture: Callable[[], GaussianMixture], process: Callable[[], Process]):
+    return lambda: GMMDenoiser(mixture(), process(), name=name)
+
+
+for _base, (_what, _mixture) in _MIXTURES.items():
+    for _suffix, (_proc_what, _process) in _PROCESSES.items():
+        _name = f"{_base}-{_suffix}"
+        register_model(
+            ModelSpec(_name, f"exact mixture: {_what}; {_proc_what}", _gmm_builder(_name, _mixture, _process))
+        )
+    register_model(ModelSpec(_base, f"alias of {_base}-ve", _gmm_builder(_base, _mixture, _PROCESSES["ve"][1])))
+
+
+def load_model(spec: str, device: str | None = None) -> Denoiser:
+    """Load any model spec: a built-in name (`scorebench list`), `diffusers:PATH`, or a native checkpoint directory."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"a model spec must be a non-empty string, got {spec!r}")
+    if spec in MODELS:
+        model = MODELS[spec].build()
+    elif spec.startswith("diffusers:"):
+        from .loaders import load_diffusers
+
+        model = load_diffusers(spec.removeprefix("diffusers:"))
+    elif Path(spec).is_dir():
+        from .loaders import load_native
+
+        model = load_native(spec)
+    else:
+        known = ", ".join(sorted(MODELS))
+        raise ValueError(
+            f"unknown model {spec!r}: not a built-in name ({known}), not diffusers:PATH, "
+            "and not an existing checkpoint directory"
+        )
+    model.eval().requires_grad_(False)
+    return model.to(device) if device is not None else model

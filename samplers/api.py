@@ -1,0 +1,162 @@
+"""`sample`: run a registered sampler on a model for per-sample seeds within an NFE budget, with measured NFE."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from models import CountingDenoiser, Denoiser, load_model
+
+from .noise import SeededNoise
+from .registry import SamplerSpec, get_sampler
+from .schedules import make_schedule
+
+__all__ = ["SampleResult", "sample", "steps_for_budget", "run_sampler", "TOLERANCES", "synchronize"]
+
+# rtol = atol grid swept (loosest first) to fit an adaptive sampler into an NFE budget
+TOLERANCES = tuple(10 ** (-k / 2) for k in range(2, 13))
+INIT_STREAM, SAMPLER_STREAM = 0, 1
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    x: Tensor  # samples in data space [n, *shape], on the sampling device
+    nfe: float  # measured network evaluations per sample
+    seconds: float  # wall-clock of the sampling loop, warm-up excluded, device synchronised
+    steps: int | None  # noise levels of the schedule (None for adaptive samplers)
+    declared_nfe: int | None  # the sampler's NFE formula at `steps` (None for adaptive samplers)
+    hyper: dict[str, Any] = field(default_factory=dict)  # resolved hyper-parameters, tolerances included
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def steps_for_budget(spec: SamplerSpec, budget: int, hyper: Mapping[str, Any] | None = None) -> int:
+    """The largest step count whose declared NFE fits the budget; ValueError if even the minimum does not."""
+    hyper = spec.resolve(hyper or {})
+    if spec.adaptive:
+        raise ValueError(f"sampler {spec.name!r} is adaptive: its budget is met by sweeping tolerances")
+    if spec.nfe(spec.min_steps, **hyper) > budget:
+        raise ValueError(
+            f"NFE budget {budget} is below the minimum of sampler {spec.name!r} "
+            f"({spec.nfe(spec.min_steps, **hyper)} NFE at {spec.min_steps} steps)"
+        )
+    steps = spec.min_steps
+    while spec.nfe(steps + 1, **hyper) <= budget:
+        steps += 1
+    return steps
+
+
+def run_sampler(
+    model: Denoiser,
+    spec: SamplerSpec,
+    sigmas: Tensor,
+    indices: list[int],
+    *,
+    seed: int = 0,
+    batch_size: int | None = None,
+    hyper: Mapping[str, Any] | None = None,
+) -> tuple[Tensor, float, float]:
+    """Sample `indices` (each with its own noise streams) in batches; returns (x, NFE per sample, seconds).
+
+    The model is wrapped in a counter: NFE is measured, not computed. One uncounted model evaluation warms up the
+    device before the clock starts; the clock stops after the device has finished.
+    """
+    hyper = spec.resolve(hyper or {})
+    device = model.device
+    counter = CountingDenoiser(model)
+    batch_size = batch_size or len(indices)
+    sigmas = sigmas.to(device)
+    with torch.no_grad():
+        probe = torch.zeros(min(2, len(indices)), *model.shape, device=device)
+        model(probe, torch.full((probe.shape[0],), float(sigmas[0]), dtype=torch.float64, device=device))
+        synchronize(device)
+        start = time.perf_counter()
+        chunks = []
+        for lo in range(0, len(indices), batch_size):
+            chunk = indices[lo : lo + batch_size]
+            init = SeededNoise(chunk, model.shape, seed=seed, stream=INIT_STREAM, device=device)
+            noise = SeededNoise(chunk, model.shape, seed=seed, stream=SAMPLER_STREAM, device=device)
+            x = init() * float(sigmas[0]) if sigmas.ndim == 1 else init() * sigmas[:, :1].float()
+            chunks.append(spec.fn(counter, x, sigmas, noise, **hyper))
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    return torch.cat(chunks), counter.evals / len(indices), seconds
+
+
+def sample(
+    model: Denoiser | str,
+    sampler: str,
+    nfe: int,
+    seeds: Iterable[int] = range(64),
+    *,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    schedule: str | Tensor | None = None,
+    **hyper,
+) -> SampleResult:
+    """Draw one sample per seed index with `sampler` on `model`, using at most `nfe` network evaluations per sample.
+
+    A fixed-step sampler gets the largest step count whose NFE fits; an adaptive one (rk45) the loosest-to-tightest
+    tolerance sweep's last fit, unless rtol/atol are given. Sample i depends only on (seed, i), never on the batch.
+    `schedule` is a schedule name (samplers.schedules) or an explicit decreasing tensor ending at 0.
+    """
+    spec = get_sampler(sampler)
+    if isinstance(model, str):
+        model = load_model(model)
+    if device is not None:
+        model = model.to(device)
+    indices = [int(i) for i in seeds]
+    if not indices:
+        raise ValueError("seeds is empty: nothing to sample")
+    if nfe < 1:
+        raise ValueError(f"NFE budget must be a positive integer, got {nfe}")
+    resolved = spec.resolve(hyper)
+
+    def schedule_for(steps: int) -> Tensor:
+        if isinstance(schedule, Tensor):
+            return schedule
+        return make_schedule(schedule or spec.schedule, model, steps)
+
+    if not spec.adaptive:
+        steps = steps_for_budget(spec, nfe, resolved) if not isinstance(schedule, Tensor) else schedule.shape[-1] - 1
+        declared = spec.nfe(steps, **resolved)
+        if declared > nfe:
+            raise ValueError(f"the given schedule costs {declared} NFE with {spec.name!r}, over the budget of {nfe}")
+        x, measured, seconds = run_sampler(
+            model, spec, schedule_for(steps), indices, seed=seed, batch_size=batch_size, hyper=resolved
+        )
+        return SampleResult(x, measured, seconds, steps, declared, resolved)
+
+    sigmas = schedule_for(2)
+    if "rtol" in hyper or "atol" in hyper:
+        x, measured, seconds = run_sampler(
+            model, spec, sigmas, indices, seed=seed, batch_size=batch_size, hyper=resolved
+        )
+        if measured > nfe:
+            raise ValueError(
+                f"{spec.name} at rtol={resolved['rtol']:g}, atol={resolved['atol']:g} took "
+                f"{measured:g} NFE per sample, over the budget of {nfe}"
+            )
+        return SampleResult(x, measured, seconds, None, None, resolved)
+    best = None
+    for tol in TOLERANCES:
+        trial = {**resolved, "rtol": tol, "atol": tol}
+        x, measured, seconds = run_sampler(model, spec, sigmas, indices, seed=seed, batch_size=batch_size, hyper=trial)
+        if measured > nfe:
+            break
+        best = SampleResult(x, measured, seconds, None, None, trial)
+    if best is None:
+        raise ValueError(
+            f"NFE budget {nfe} is below the minimum of sampler {spec.name!r} "
+            f"(rtol=atol={TOLERANCES[0]:g} already takes more)"
+        )
+    return best

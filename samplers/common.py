@@ -1,0 +1,52 @@
+"""Small helpers shared by the sampler functions: per-sample schedules, broadcasting, the default noise source."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from models.processes import broadcast
+
+from .noise import SeededNoise
+
+__all__ = ["Noise", "bc", "per_sample", "noise_or_default", "n_steps"]
+
+Noise = Callable[[Tensor, Tensor], Tensor]
+
+
+def per_sample(sigmas: Tensor, x: Tensor) -> Tensor:
+    """Validate a schedule and return it as float64 [B, N+1]: one decreasing row per sample, ending at 0.
+
+    A 1-D schedule is shared by the batch; a 2-D one gives each sample its own (e.g. DLG's per-sample start).
+    """
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64, device=x.device)
+    if sigmas.ndim == 1:
+        sigmas = sigmas.expand(x.shape[0], -1)
+    if sigmas.ndim != 2 or sigmas.shape[0] != x.shape[0]:
+        raise ValueError(f"sigmas must be [N+1] or [batch, N+1] with batch {x.shape[0]}, got {list(sigmas.shape)}")
+    if sigmas.shape[1] < 2:
+        raise ValueError("a schedule needs at least one noise level followed by 0")
+    if not bool((sigmas[:, -1] == 0).all()) or not bool((sigmas[:, :-1] > 0).all()):
+        raise ValueError("a schedule must be positive noise levels followed by a final 0")
+    if not bool((sigmas[:, 1:] < sigmas[:, :-1]).all()):
+        raise ValueError("a schedule must be strictly decreasing")
+    return sigmas
+
+
+def n_steps(sigmas: Tensor, denoise: bool) -> int:
+    """Number of intervals a sampler walks: all of them, or all but the final jump to sigma = 0."""
+    return sigmas.shape[1] - 1 if denoise else sigmas.shape[1] - 2
+
+
+def noise_or_default(noise: Noise | None, x: Tensor) -> Noise:
+    """The caller's noise source, or a deterministic per-sample one (seed 0) so that no global RNG is touched."""
+    if noise is not None:
+        return noise
+    return SeededNoise(range(x.shape[0]), tuple(x.shape[1:]), device=x.device, dtype=x.dtype)
+
+
+def bc(v: Tensor, x: Tensor) -> Tensor:
+    """A per-sample vector [B] viewed as [B, 1, ..., 1] in x's dtype."""
+    return broadcast(v, x)

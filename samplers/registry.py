@@ -1,0 +1,156 @@
+"""The sampler registry: fixed public names mapped to small frozen specs."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .adaptive import rk45
+from .karras import ddim, kar1, kar2
+from .score_sde import ald, em, pc, pf_euler, rd
+
+__all__ = ["SamplerSpec", "SAMPLERS", "register_sampler", "get_sampler"]
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler: `fn(model, x, sigmas, noise=None, **hyper) -> x`, its NFE as a function of steps, and provenance.
+
+    `nfe(steps, **hyper)` is the declared number of network evaluations per sample for a schedule of `steps` noise
+    levels (None for adaptive samplers, whose NFE is whatever the tolerance costs). `steps` is the number of
+    positive noise levels in the schedule; `schedule` names the default one (samplers.schedules).
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    family: str
+    stochastic: bool
+    nfe: Callable[..., int] | None
+    citation: str
+    summary: str
+    schedule: str = "native"
+    min_steps: int = 2
+
+    @property
+    def adaptive(self) -> bool:
+        return self.nfe is None
+
+    def defaults(self) -> dict[str, Any]:
+        """Hyper-parameters and their defaults, read from the function's keyword-only arguments."""
+        params = inspect.signature(self.fn).parameters.values()
+        return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+    def resolve(self, hyper: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults overridden by `hyper`; ValueError naming any key the sampler does not take."""
+        defaults = self.defaults()
+        unknown = sorted(set(hyper) - set(defaults))
+        if unknown:
+            raise ValueError(
+                f"sampler {self.name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; "
+                f"it takes: {', '.join(defaults) or 'none'}"
+            )
+        return {**defaults, **hyper}
+
+    def declared_nfe(self, steps: int, **hyper) -> int:
+        assert self.nfe is not None, "adaptive samplers have no declared NFE"
+        return self.nfe(steps, **self.resolve(hyper))
+
+
+SAMPLERS: dict[str, SamplerSpec] = {}
+
+
+def register_sampler(spec: SamplerSpec) -> SamplerSpec:
+    SAMPLERS[spec.name] = spec
+    return spec
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def _one_per_level(steps: int, denoise: bool = True, **_) -> int:
+    return steps if denoise else steps - 1
+
+
+def _heun(steps: int, denoise: bool = True, **_) -> int:
+    return 2 * steps - 1 if denoise else 2 * (steps - 1)
+
+
+def _pc(steps: int, n_corrector: int = 1, denoise: bool = True, **_) -> int:
+    return (steps if denoise else steps - 1) * (1 + n_corrector)
+
+
+def _ald(steps: int, n_steps_each: int = 5, denoise: bool = True, **_) -> int:
+    return steps * n_steps_each + (1 if denoise else 0)
+
+
+SCORE_SDE = "Song et al. 2021, Score-Based Generative Modeling through SDEs (ICLR)"
+EDM = "Karras et al. 2022, Elucidating the Design Space of Diffusion-Based Generative Models (NeurIPS)"
+
+for _spec in [
+    SamplerSpec(
+        "ald",
+        ald,
+        "langevin",
+        True,
+        _ald,
+        "Song & Ermon 2019, Generative Modeling by Estimating Gradients of the Data Distribution (NeurIPS)",
+        "annealed Langevin dynamics, n_steps_each steps per level",
+        min_steps=1,
+    ),
+    SamplerSpec("em", em, "sde", True, _one_per_level, SCORE_SDE, "Euler-Maruyama on the reverse SDE, native time"),
+    SamplerSpec("rd", rd, "sde", True, _one_per_level, SCORE_SDE, "reverse-diffusion predictor, native coordinates"),
+    SamplerSpec("pc", pc, "sde", True, _pc, SCORE_SDE, "reverse-diffusion predictor + Langevin corrector (snr)"),
+    SamplerSpec(
+        "pf_euler",
+        pf_euler,
+        "ode",
+        False,
+        _one_per_level,
+        SCORE_SDE,
+        "probability-flow ODE, reverse-diffusion discretisation",
+    ),
+    SamplerSpec(
+        "rk45",
+        rk45,
+        "ode",
+        False,
+        None,
+        SCORE_SDE + "; Dormand & Prince 1980 (torchdiffeq dopri5)",
+        "probability-flow ODE, adaptive Dormand-Prince 5(4); NFE set by rtol/atol",
+    ),
+    SamplerSpec(
+        "ddim",
+        ddim,
+        "ode",
+        False,
+        _one_per_level,
+        "Song, Meng & Ermon 2021, Denoising Diffusion Implicit Models (ICLR)",
+        "DDIM with eta (default 0: Euler on the PF-ODE in sigma)",
+    ),
+    SamplerSpec(
+        "kar1",
+        kar1,
+        "ode",
+        False,
+        _heun,
+        EDM + ", Algorithm 1",
+        "deterministic Heun, rho=7 schedule",
+        schedule="karras",
+    ),
+    SamplerSpec(
+        "kar2",
+        kar2,
+        "sde",
+        True,
+        _heun,
+        EDM + ", Algorithm 2",
+        "stochastic Heun with churn (S_churn...)",
+        schedule="karras",
+    ),
+]:
+    register_sampler(_spec)

@@ -1,0 +1,55 @@
+"""Noise schedules: n decreasing noise levels followed by 0, as float64 tensors [n + 1]."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["karras", "geometric", "uniform_t", "native", "SCHEDULES", "make_schedule"]
+
+
+def _with_zero(levels: Tensor) -> Tensor:
+    return torch.cat([levels, levels.new_zeros(1)])
+
+
+def karras(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> Tensor:
+    """Karras et al. 2022, eq. 5: (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    inv_rho = 1.0 / rho
+    return _with_zero((sigma_max**inv_rho + ramp * (sigma_min**inv_rho - sigma_max**inv_rho)) ** rho)
+
+
+def geometric(sigma_min: float, sigma_max: float, n: int) -> Tensor:
+    """VE / SMLD levels, geometric from sigma_max down to sigma_min (score_sde's VE time grid)."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    return _with_zero(sigma_max * (sigma_min / sigma_max) ** ramp)
+
+
+def uniform_t(sde, n: int) -> Tensor:
+    """Levels at uniformly spaced native times t from t_max down to t_min (score_sde's VP time grid)."""
+    return _with_zero(sde.sigma(torch.linspace(sde.t_max, sde.t_min, n, dtype=torch.float64)))
+
+
+def native(model, n: int) -> Tensor:
+    """The model's own grid: geometric for VE, uniform in t for VP."""
+    if model.process == "ve":
+        return geometric(model.sigma_min, model.sigma_max, n)
+    return uniform_t(model.sde, n)
+
+
+SCHEDULES: dict[str, Callable[..., Tensor]] = {
+    "karras": lambda model, n, rho=7.0: karras(model.sigma_min, model.sigma_max, n, rho),
+    "geometric": lambda model, n: geometric(model.sigma_min, model.sigma_max, n),
+    "uniform_t": lambda model, n: uniform_t(model.sde, n),
+    "native": native,
+}
+
+
+def make_schedule(name: str, model, n: int, **kwargs) -> Tensor:
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; expected one of {', '.join(SCHEDULES)}")
+    if n < 1:
+        raise ValueError(f"a schedule needs at least 1 noise level, got {n}")
+    return SCHEDULES[name](model, n, **kwargs)
