@@ -14,7 +14,8 @@ class Denoiser(nn.Module):
     """D(x, sigma) -> estimate of x0, for x = x0 + sigma * eps (VE parametrisation), whatever the model was trained as.
 
     Attributes every model carries: `shape` (one sample's shape), `sigma_min`/`sigma_max` (the noise range it was
-    trained on), `data_range` (e.g. (-1, 1)), `sde` (its native Process) and `process` ("ve" or "vp").
+    trained on), `data_range` (e.g. (-1, 1)), `sde` (its native Process), `process` ("ve" or "vp") and `dataset`
+    (the name of the data it models, e.g. "digits", or None): metrics pick their reference set from it.
     """
 
     def __init__(
@@ -26,6 +27,7 @@ class Denoiser(nn.Module):
         sigma_min: float | None = None,
         sigma_max: float | None = None,
         name: str = "",
+        dataset: str | None = None,
     ):
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
@@ -34,6 +36,7 @@ class Denoiser(nn.Module):
         self.sigma_min = float(sde.sigma_min if sigma_min is None else sigma_min)
         self.sigma_max = float(sde.sigma_max if sigma_max is None else sigma_max)
         self.name = name
+        self.dataset = dataset
 
     @property
     def process(self) -> str:

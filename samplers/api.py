@@ -31,6 +31,7 @@ class SampleResult:
     steps: int | None  # noise levels of the schedule (None for adaptive samplers)
     declared_nfe: int | None  # the sampler's NFE formula at `steps` (None for adaptive samplers)
     hyper: dict[str, Any] = field(default_factory=dict)  # resolved hyper-parameters, tolerances included
+    extras: dict[str, float] = field(default_factory=dict)  # sampler-specific accounting (e.g. DLG's burn-in NFE)
 
 
 def synchronize(device: torch.device | str) -> None:
