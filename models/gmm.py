@@ -71,7 +71,10 @@ class GaussianMixture:
         labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
         roots = self.eigvecs * self.eigvals.sqrt()[:, None, :]  # C_k^(1/2) = U_k diag(sqrt(lam_k))
-        x = self.means[labels] + torch.einsum("nij,nj->ni", roots[labels], z)
+        x = torch.empty_like(z)
+        for k in range(self.n_components):
+            rows = labels == k
+            x[rows] = self.means[k] + z[rows] @ roots[k].T
         return x, labels
 
     # --- perturbed densities --------------------------------------------------------------------------------------

@@ -81,4 +81,4 @@ class NetworkDenoiser(Denoiser):
             return x + sig**2 * s * out
         if self.prediction == "x0":
             return out
-        return s**2 * x - s * sig * s * out  # sqrt(a) x_native = a x_ve ; sqrt(1 - a) = s * sigma
+        return s**2 * x - s * sig * out  # sqrt(a) x_native = a x_ve; sqrt(1 - a) = s sigma

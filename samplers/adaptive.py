@@ -30,7 +30,7 @@ def rk45(
     points of the schedule are used), then takes the Tweedie step. Each sample's interval [t0, t1] is mapped to
     u in [0, 1], so per-sample start levels (DLG's hand-off) share one solve.
     """
-    sigmas = per_sample(sigmas, x)
+    sigmas = per_sample(sigmas, x, model)
     sde = model.sde
     t0, t1 = sde.t(sigmas[:, 0]), sde.t(sigmas[:, -2])
     span = t1 - t0

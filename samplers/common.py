@@ -16,11 +16,14 @@ __all__ = ["Noise", "bc", "per_sample", "noise_or_default", "n_steps"]
 Noise = Callable[[Tensor, Tensor], Tensor]
 
 
-def per_sample(sigmas: Tensor, x: Tensor) -> Tensor:
-    """Validate a schedule and return it as float64 [B, N+1]: one decreasing row per sample, ending at 0.
+def per_sample(sigmas: Tensor, x: Tensor, model) -> Tensor:
+    """Validate x and a schedule; return the schedule as float64 [B, N+1]: one decreasing row per sample, ending at 0.
 
     A 1-D schedule is shared by the batch; a 2-D one gives each sample its own (e.g. DLG's per-sample start).
+    Checked once before a sampler's loop (one host sync), never inside it.
     """
+    if tuple(x.shape[1:]) != tuple(model.shape):
+        raise ValueError(f"x has sample shape {tuple(x.shape[1:])} but the model expects {tuple(model.shape)}")
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64, device=x.device)
     if sigmas.ndim == 1:
         sigmas = sigmas.expand(x.shape[0], -1)

@@ -12,7 +12,7 @@ from .common import Noise, bc, n_steps, noise_or_default, per_sample
 
 def kar1(model, x: Tensor, sigmas: Tensor, noise: Noise | None = None, *, denoise: bool = True) -> Tensor:
     """Deterministic Heun sampler on dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022, Algorithm 1)."""
-    sigmas = per_sample(sigmas, x)
+    sigmas = per_sample(sigmas, x, model)
     last = sigmas.shape[1] - 2
     for i in range(n_steps(sigmas, denoise)):
         sigma, sigma_next = sigmas[:, i], sigmas[:, i + 1]
@@ -40,7 +40,7 @@ def kar2(
     denoise: bool = True,
 ) -> Tensor:
     """Stochastic Heun sampler with churn (Karras et al. 2022, Algorithm 2; defaults of their CIFAR-10 VP setup)."""
-    sigmas = per_sample(sigmas, x)
+    sigmas = per_sample(sigmas, x, model)
     noise = noise_or_default(noise, x)
     last = sigmas.shape[1] - 2
     gamma_max = min(s_churn / (sigmas.shape[1] - 1), math.sqrt(2) - 1)
@@ -70,7 +70,7 @@ def ddim(
     Dividing DDIM's VP update by sqrt(alpha_bar_next) gives, exactly, x_next = D + sqrt(sigma_next^2 - c^2) eps_hat
     + c z with c = eta sigma_next sqrt(1 - sigma_next^2 / sigma^2); so one loop serves VE and VP models alike.
     """
-    sigmas = per_sample(sigmas, x)
+    sigmas = per_sample(sigmas, x, model)
     noise = noise_or_default(noise, x) if eta > 0 else None
     for i in range(n_steps(sigmas, denoise)):
         sigma, sigma_next = sigmas[:, i], sigmas[:, i + 1]

@@ -8,6 +8,8 @@ native score, so these loops are the same for VE, VP-SDE and DDPM models.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -28,7 +30,7 @@ def _tweedie(model, x: Tensor, sigmas: Tensor, ts: Tensor, denoise: bool) -> Ten
 
 def em(model, x: Tensor, sigmas: Tensor, noise: Noise | None = None, *, denoise: bool = True) -> Tensor:
     """Euler-Maruyama on the reverse-time SDE dx = [f - g^2 score] dt + g dw (Song et al. 2021, eq. 6)."""
-    sigmas, noise = per_sample(sigmas, x), noise_or_default(noise, x)
+    sigmas, noise = per_sample(sigmas, x, model), noise_or_default(noise, x)
     sde = model.sde
     ts, x = _native_walk(model, x, sigmas)
     for i in range(ts.shape[1] - 1):
@@ -51,7 +53,7 @@ def _reverse_diffusion(model, x: Tensor, t: Tensor, t_next: Tensor, probability_
 
 def rd(model, x: Tensor, sigmas: Tensor, noise: Noise | None = None, *, denoise: bool = True) -> Tensor:
     """Reverse-diffusion predictor x <- x - f + G^2 score + G z (Song et al. 2021, eq. 46), in native coordinates."""
-    sigmas, noise = per_sample(sigmas, x), noise_or_default(noise, x)
+    sigmas, noise = per_sample(sigmas, x, model), noise_or_default(noise, x)
     ts, x = _native_walk(model, x, sigmas)
     for i in range(ts.shape[1] - 1):
         # predictor mean, then fresh noise
@@ -62,7 +64,7 @@ def rd(model, x: Tensor, sigmas: Tensor, noise: Noise | None = None, *, denoise:
 
 def pf_euler(model, x: Tensor, sigmas: Tensor, noise: Noise | None = None, *, denoise: bool = True) -> Tensor:
     """Probability-flow ODE with score_sde's reverse-diffusion predictor, probability_flow=True (Song et al. 2021)."""
-    sigmas = per_sample(sigmas, x)
+    sigmas = per_sample(sigmas, x, model)
     ts, x = _native_walk(model, x, sigmas)
     for i in range(ts.shape[1] - 1):
         x, _ = _reverse_diffusion(model, x, ts[:, i], ts[:, i + 1], probability_flow=True)
@@ -70,10 +72,14 @@ def pf_euler(model, x: Tensor, sigmas: Tensor, noise: Noise | None = None, *, de
 
 
 def _langevin_corrector(model, x: Tensor, t: Tensor, alpha: Tensor, snr: float, z: Tensor) -> Tensor:
-    """score_sde's Langevin corrector step; the step size comes from the per-sample signal-to-noise ratio."""
+    """score_sde's Langevin corrector step, its size set by the signal-to-noise ratio snr = ||step * grad|| / ||noise||.
+
+    The noise norm is its expectation sqrt(d): score_sde uses the drawn z's norm averaged over the batch, Algorithm 4
+    the drawn z's own norm, which in low dimension correlates the step with the noise and biases the chain.
+    """
     grad = model.sde.native_score(model, x, t)
     grad_norm = grad.flatten(1).norm(dim=1)
-    noise_norm = z.flatten(1).norm(dim=1)
+    noise_norm = math.sqrt(z[0].numel())
     step = 2 * alpha * (snr * noise_norm / grad_norm) ** 2
     return x + bc(step, x) * grad + bc(torch.sqrt(2 * step), x) * z
 
@@ -93,7 +99,7 @@ def pc(
     snr defaults to score_sde's 0.16 on VE and 0.01 on VP models. The corrector's step uses per-sample norms
     (score_sde averages them over the batch), so that a sample does not depend on its batch.
     """
-    sigmas, noise = per_sample(sigmas, x), noise_or_default(noise, x)
+    sigmas, noise = per_sample(sigmas, x, model), noise_or_default(noise, x)
     snr = (0.16 if model.process == "ve" else 0.01) if snr is None else snr
     sde = model.sde
     ts, x = _native_walk(model, x, sigmas)
@@ -129,7 +135,7 @@ def ald(
     """
     if n_steps_each < 1:
         raise ValueError(f"ald needs n_steps_each >= 1, got {n_steps_each}")
-    sigmas, noise = per_sample(sigmas, x), noise_or_default(noise, x)
+    sigmas, noise = per_sample(sigmas, x, model), noise_or_default(noise, x)
     sigma_last = sigmas[:, -2]
     eps_ = 0.2 * sigma_last**2 if eps is None else torch.full_like(sigma_last, eps)
     for i in range(sigmas.shape[1] - 1):

@@ -1,0 +1,16 @@
+import os
+
+import pytest
+import torch
+
+# Tests are sized for a 2-core CPU; keep torch from oversubscribing it when pytest runs in parallel with other work.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def gaussian_ve():
+    """A single 2-d Gaussian (closed-form probability flow) as a float64 VE model."""
+    from models import GaussianMixture, GMMDenoiser, VEProcess
+
+    mixture = GaussianMixture.single([0.3, -0.2], [[0.09, 0.03], [0.03, 0.04]])
+    return GMMDenoiser(mixture, VEProcess(0.01, 50.0), dtype=torch.float64, name="gaussian-2d-ve")
