@@ -204,9 +204,13 @@ class DDPMProcess(_VarPreserving):
         self.t_min = 1.0 / self.T
         # knots of -log alpha_bar at t = 0, 1/T, ..., 1 (strictly increasing)
         self._neg_log_ab = torch.cat([torch.zeros(1, dtype=torch.float64), -torch.cumsum(torch.log1p(-betas), 0)])
+        self._knots_on: dict[torch.device, Tensor] = {}
 
     def _knots(self, like: Tensor) -> Tensor:
-        return self._neg_log_ab.to(like.device)
+        """The knots on like's device, copied there once (not on every sampler step)."""
+        if like.device not in self._knots_on:
+            self._knots_on[like.device] = self._neg_log_ab.to(like.device)
+        return self._knots_on[like.device]
 
     def log_alpha_bar(self, t: Tensor) -> Tensor:
         knots = self._knots(t)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from models import CountingDenoiser, Denoiser, load_model
+from models.processes import broadcast
 
 from .noise import SeededNoise
 from .registry import SamplerSpec, get_sampler
@@ -77,16 +78,18 @@ def run_sampler(
     sigmas = sigmas.to(device)
     with torch.no_grad():
         probe = torch.zeros(min(2, len(indices)), *model.shape, device=device)
-        model(probe, torch.full((probe.shape[0],), float(sigmas[0]), dtype=torch.float64, device=device))
+        model(probe, torch.full((probe.shape[0],), float(sigmas.reshape(-1)[0]), dtype=torch.float64, device=device))
         synchronize(device)
         start = time.perf_counter()
         chunks = []
         for lo in range(0, len(indices), batch_size):
             chunk = indices[lo : lo + batch_size]
+            chunk_sigmas = sigmas if sigmas.ndim == 1 else sigmas[lo : lo + batch_size]
             init = SeededNoise(chunk, model.shape, seed=seed, stream=INIT_STREAM, device=device)
             noise = SeededNoise(chunk, model.shape, seed=seed, stream=SAMPLER_STREAM, device=device)
-            x = init() * float(sigmas[0]) if sigmas.ndim == 1 else init() * sigmas[:, :1].float()
-            chunks.append(spec.fn(counter, x, sigmas, noise, **hyper))
+            z = init()
+            x = z * broadcast(chunk_sigmas[..., 0].expand(len(chunk)), z)
+            chunks.append(spec.fn(counter, x, chunk_sigmas, noise, **hyper))
         synchronize(device)
         seconds = time.perf_counter() - start
     return torch.cat(chunks), counter.evals / len(indices), seconds
