@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # modules that each add one sub-command: register(subparsers) sets `func(args) -> int` as the handler
-COMMAND_MODULES = ("bench.cmd_list",)
+COMMAND_MODULES = ("bench.cmd_list", "bench.cmd_run", "bench.cmd_report", "bench.cmd_compare")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,5 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ValueError as err:  # user input problems: one line, non-zero exit
-        print(f"scorebench {args.command}: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds the same problem: say it once
+            print(f"scorebench {args.command}: error: {err}", file=sys.stderr)
         return 2

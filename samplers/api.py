@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +105,7 @@ def sample(
     seed: int = 0,
     batch_size: int | None = None,
     schedule: str | Tensor | None = None,
+    nfe_mean: Callable[[float, int], float] | None = None,
     **hyper,
 ) -> SampleResult:
     """Draw one sample per seed index with `sampler` on `model`, using at most `nfe` network evaluations per sample.
@@ -112,6 +113,8 @@ def sample(
     A fixed-step sampler gets the largest step count whose NFE fits; an adaptive one (rk45) the loosest-to-tightest
     tolerance sweep's last fit, unless rtol/atol are given. Sample i depends only on (seed, i), never on the batch.
     `schedule` is a schedule name (samplers.schedules) or an explicit decreasing tensor ending at 0.
+    `nfe_mean(nfe, n)` turns this process's NFE per sample over its n samples into the mean over all processes of a
+    sharded run (bench.distributed), so that every rank stops an adaptive sampler's tolerance sweep at the same place.
     """
     spec = get_sampler(sampler)
     if isinstance(model, str):
@@ -125,6 +128,10 @@ def sample(
         raise ValueError(f"NFE budget must be a positive integer, got {nfe}")
     resolved = spec.resolve(hyper)
 
+    def run(sigmas: Tensor, trial: Mapping[str, Any]) -> tuple[Tensor, float, float]:
+        x, measured, seconds = run_sampler(model, spec, sigmas, indices, seed=seed, batch_size=batch_size, hyper=trial)
+        return x, (nfe_mean(measured, len(indices)) if nfe_mean else measured), seconds
+
     def schedule_for(steps: int) -> Tensor:
         if isinstance(schedule, Tensor):
             return schedule
@@ -135,16 +142,12 @@ def sample(
         declared = spec.nfe(steps, **resolved)
         if declared > nfe:
             raise ValueError(f"the given schedule costs {declared} NFE with {spec.name!r}, over the budget of {nfe}")
-        x, measured, seconds = run_sampler(
-            model, spec, schedule_for(steps), indices, seed=seed, batch_size=batch_size, hyper=resolved
-        )
+        x, measured, seconds = run(schedule_for(steps), resolved)
         return SampleResult(x, measured, seconds, steps, declared, resolved)
 
     sigmas = schedule_for(2)
     if "rtol" in hyper or "atol" in hyper:
-        x, measured, seconds = run_sampler(
-            model, spec, sigmas, indices, seed=seed, batch_size=batch_size, hyper=resolved
-        )
+        x, measured, seconds = run(sigmas, resolved)
         if measured > nfe:
             raise ValueError(
                 f"{spec.name} at rtol={resolved['rtol']:g}, atol={resolved['atol']:g} took "
@@ -154,7 +157,7 @@ def sample(
     best = None
     for tol in TOLERANCES:
         trial = {**resolved, "rtol": tol, "atol": tol}
-        x, measured, seconds = run_sampler(model, spec, sigmas, indices, seed=seed, batch_size=batch_size, hyper=trial)
+        x, measured, seconds = run(sigmas, trial)
         if measured > nfe:
             break
         best = SampleResult(x, measured, seconds, None, None, trial)

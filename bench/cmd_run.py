@@ -1,0 +1,57 @@
+"""`scorebench run SUITE`: sweep a suite's samplers over its models and NFE budgets into a run directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="sweep a suite (samplers x models x NFE budgets) into a run directory",
+        description="Run every (model, sampler, NFE budget) cell of a suite, appending one record per finished cell to "
+        "OUT/records.jsonl, then write the report (tables and plots). The whole suite is checked before any work "
+        "starts. Under `torchrun --nproc_per_node=N -m bench run SUITE` the samples of every cell are sharded across "
+        "the N processes (gloo on CPU, nccl on CUDA) with the same samples and records as one process.",
+        epilog="Shipped suites: " + ", ".join(_shipped()) + " (`scorebench list suites`).",
+    )
+    p.add_argument("suite", help="a shipped suite name (e.g. quick) or the path of a suite TOML file")
+    p.add_argument("--out", type=Path, help="run directory (default: results/runs/<suite>-<timestamp>)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the suite's device, else cpu)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out (default: the latest run of this suite), skipping finished cells",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite the run directory's earlier outputs")
+    p.add_argument("--models", type=_names, help="comma-separated model names: run only these models of the suite")
+    p.add_argument("--samplers", type=_names, help="comma-separated sampler names: run only these samplers")
+    p.add_argument("--no-report", action="store_true", help="skip the tables and plots at the end")
+    p.set_defaults(func=run)
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _shipped() -> list[str]:
+    from .suite import shipped_suites
+
+    return list(shipped_suites())
+
+
+def run(args: argparse.Namespace) -> int:
+    from .runner import run_suite
+    from .suite import load_suite
+
+    suite = load_suite(args.suite).select(args.models, args.samplers)
+    out = run_suite(suite, args.out, device=args.device, resume=args.resume, force=args.force)
+    if out is None:  # not rank 0 of a torchrun
+        return 0
+    if not args.no_report:
+        from .report import write_report
+
+        write_report(out)
+    print(f"run directory: {out}")
+    return 0

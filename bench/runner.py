@@ -1,0 +1,504 @@
+"""The sweep: every (model, sampler, budget) cell of a suite sampled, measured and appended to its run directory.
+
+A run directory holds:
+- `suite.toml` (the file as given) and `suite.json` (the suite resolved: defaults, metrics per model, device);
+- `env.json`: one entry per start or resume (versions, device, git commit, command line);
+- `records.jsonl`: one JSON object per finished cell, appended and fsync'ed the moment the cell ends, so a killed run
+  resumes (`--resume`) where it stopped, losing and duplicating nothing;
+- `samples/`: the first few samples of every cell (.npz) for the report's grids; the report's tables and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .distributed import Ranks
+from .suite import KEEP_SAMPLES_2D, Cell, Suite
+
+__all__ = ["RunDir", "load_models", "resolve_metrics", "run_suite", "run_cell", "read_records", "default_out_dir"]
+
+RECORDS = "records.jsonl"
+# everything `scorebench run` writes into a run directory: what --force removes, and nothing else
+RUN_OUTPUTS = ("suite.toml", "suite.json", "env.json", RECORDS, "samples", "tables", "plots", "grids", "report.md")
+
+
+def default_out_dir(suite: Suite) -> Path:
+    return Path("results") / "runs" / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a model or sampler name."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "_"
+
+
+# --- validation that needs the models ---------------------------------------------------------------------------
+
+
+def load_models(suite: Suite, device: torch.device | str) -> dict[str, torch.nn.Module]:
+    """Every model of the suite on `device`; ValueError naming the suite file and the spec that does not load."""
+    from models import load_model
+
+    loaded = {}
+    for entry in suite.models:
+        try:
+            loaded[entry.name] = load_model(entry.spec).to(device)
+        except Exception as err:  # a bad spec or checkpoint of any kind becomes one line before any work starts
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"{suite.source}: model {entry.spec!r} cannot be loaded: {message}") from None
+    return loaded
+
+
+def resolve_metrics(suite: Suite, models: dict[str, torch.nn.Module]) -> dict[str, tuple[str, ...]]:
+    """The metrics of every model (its own list, or the default for the model); ValueError for an unknown name."""
+    from . import metrics as bm
+
+    known = {name: kind for kind, names in bm.METRICS_BY_KIND.items() for name in names}
+    out = {}
+    for entry in suite.models:
+        model = models[entry.name]
+        names = tuple(entry.metrics) if entry.metrics is not None else tuple(bm.default_metrics(model))
+        for name in names:
+            if name not in known:
+                raise ValueError(
+                    f"{suite.source}: [[models]] {entry.spec!r}: unknown metric {name!r}; known: {', '.join(known)}"
+                )
+            if known[name] == "analytic" and not hasattr(model, "mixture"):
+                raise ValueError(f"{suite.source}: metric {name!r} needs an analytic model; {entry.spec!r} is not one")
+        out[entry.name] = names
+    return out
+
+
+def check_sharding(suite: Suite, world: int) -> None:
+    if world == 1:
+        return
+    for m in suite.models:
+        if m.n_batches < world:
+            raise ValueError(
+                f"{suite.source}: model {m.name!r} has {m.n_samples} samples in {m.n_batches} batch(es) of "
+                f"{m.batch_size}: too few to shard over {world} processes; lower its batch_size"
+            )
+
+
+# --- the run directory ------------------------------------------------------------------------------------------
+
+
+def read_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
+    """The records of a run directory (or of a records.jsonl file).
+
+    A record is complete once its newline is on disk: a last line cut short by a kill is dropped, and with `repair`
+    cut from the file so that appending goes on cleanly. A complete line that is not JSON is an error.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / RECORDS
+    if not path.exists():
+        raise ValueError(f"{path.parent} is not a run directory: it has no {RECORDS}")
+    data = path.read_bytes()
+    complete, newline, _torn = data.rpartition(b"\n")
+    records = []
+    for i, line in enumerate(complete.split(b"\n") if newline else [], start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ValueError(f"{path}: line {i} is not a JSON record") from None
+    if repair and len(complete) + len(newline) < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(len(complete) + len(newline))
+            f.flush()
+            os.fsync(f.fileno())
+    return records
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    @classmethod
+    def prepare(cls, path: Path, resolved: dict[str, Any], suite_text: str, resume: bool, force: bool) -> RunDir:
+        """Create (or, with `resume`, reopen) a run directory; ValueError if it cannot be written or is in use."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"output {path} exists and is not a directory")
+        existing = path.is_dir() and any(path.iterdir())
+        if resume and force:
+            raise ValueError("--resume and --force contradict each other: continue the run, or start it again")
+        if resume:
+            if not (path / "suite.json").exists():
+                raise ValueError(f"cannot resume {path}: it holds no run (no suite.json)")
+            before = json.loads((path / "suite.json").read_text())
+            if before != resolved:
+                changed = sorted(k for k in set(before) | set(resolved) if before.get(k) != resolved.get(k))
+                raise ValueError(
+                    f"cannot resume {path}: the suite differs from the one it was started with "
+                    f"(in {', '.join(changed)}); start a new run or use --force"
+                )
+            run = cls(path)
+            read_records(path, repair=True)
+            return run
+        if existing and not force:
+            raise ValueError(f"output {path} already exists; use --resume to continue that run or --force to redo it")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise ValueError(f"cannot write to output directory {path}: {err.strerror or err}") from None
+        if force:
+            for name in RUN_OUTPUTS:
+                target = path / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        (path / "suite.toml").write_text(suite_text)
+        _write_json(path / "suite.json", resolved)
+        (path / RECORDS).touch()
+        return cls(path)
+
+    def records(self) -> list[dict[str, Any]]:
+        return read_records(self.path)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """One record as one line, on disk (flushed and fsync'ed) before the next cell starts."""
+        line = json.dumps(record, default=_json_default) + "\n"
+        with open(self.path / RECORDS, "a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def save_samples(self, cell: Cell, x: np.ndarray) -> str:
+        """The kept samples of a cell, written whole (temporary file, then rename); returns the relative path."""
+        rel = Path("samples") / slug(cell.model.name) / f"{slug(cell.sampler.name)}-nfe{cell.budget}.npz"
+        _save_npz(self.path / rel, x)
+        return rel.as_posix()
+
+    def save_reference(self, model_name: str, x: np.ndarray, basis: np.ndarray | None = None) -> None:
+        extra = {} if basis is None else {"basis": basis}
+        _save_npz(self.path / "samples" / slug(model_name) / "reference.npz", x, **extra)
+
+    def log_environment(self, env: dict[str, Any]) -> None:
+        target = self.path / "env.json"
+        sessions = json.loads(target.read_text()) if target.exists() else []
+        _write_json(target, [*sessions, env])
+
+
+def _save_npz(path: Path, x: np.ndarray, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, x=x, **arrays)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor | np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path | torch.device | torch.dtype):
+        return str(obj)
+    raise TypeError(f"cannot record a {type(obj).__name__}")
+
+
+# --- environment ------------------------------------------------------------------------------------------------
+
+
+def environment(device: torch.device, world: int) -> dict[str, Any]:
+    """Versions, device and source revision: what a number in this run depends on besides the suite."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "numpy", "torchdiffeq", "torch-fidelity", "diffusers", "scorebench"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    env: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": sys.argv,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "versions": versions,
+        "device": str(device),
+        "world_size": world,
+        "git": _git_revision(Path(__file__).resolve().parent.parent),
+    }
+    if device.type == "cuda":
+        env["cuda"] = {"name": torch.cuda.get_device_name(device), "version": torch.version.cuda}
+    return env
+
+
+def _git_revision(root: Path) -> dict[str, Any] | None:
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(dirty)}
+
+
+# --- one cell ---------------------------------------------------------------------------------------------------
+
+
+def _peak_memory_start(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated memory of this cell. CPU: peak resident memory of the process so far (Linux: KiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _error_message(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def keep_count(suite: Suite, shape: tuple[int, ...], n: int) -> int:
+    return min(n, max(suite.keep_samples, KEEP_SAMPLES_2D if math.prod(shape) <= 2 else 0))
+
+
+def run_cell(
+    cell: Cell,
+    model: torch.nn.Module,
+    suite: Suite,
+    metric_names: tuple[str, ...],
+    ranks: Ranks,
+    save_samples: Callable[[Cell, np.ndarray], str] | None = None,
+) -> dict[str, Any] | None:
+    """Sample one cell on every rank, gather on rank 0 and return its record there (None on other ranks).
+
+    Any exception in sampling or metrics becomes an `error` record and NaN/inf samples a `diverged` one, so that the
+    sweep goes on; KeyboardInterrupt still stops the run.
+    """
+    from samplers import sample
+
+    from .metrics import compute_metrics
+
+    n, batch_size = cell.model.n_samples, cell.model.batch_size
+    shard = ranks.shard(n, batch_size)
+    _peak_memory_start(ranks.device)
+    try:
+        res = sample(
+            model,
+            cell.sampler.sampler,
+            cell.budget,
+            seeds=shard,
+            seed=suite.seed,
+            batch_size=batch_size,
+            schedule=cell.sampler.schedule,
+            nfe_mean=ranks.nfe_mean,
+            **cell.hyper,
+        )
+        local: dict[str, Any] = {
+            "indices": shard,
+            "x": res.x.detach().cpu(),
+            "nfe": res.nfe,
+            "seconds": res.seconds,
+            "steps": res.steps,
+            "declared_nfe": res.declared_nfe,
+            "hyper": res.hyper,
+            "extras": dict(res.extras),
+        }
+    except Exception as err:
+        local = {"error": _error_message(err)}
+    local["peak_mem_mb"] = _peak_memory_mb(ranks.device)
+    parts = ranks.gather(local)
+    if parts is None:
+        return None
+
+    record: dict[str, Any] = {
+        "model": cell.model.name,
+        "sampler": cell.sampler.name,
+        "nfe_budget": cell.budget,
+        "algorithm": cell.sampler.sampler,
+        "model_spec": cell.model.spec,
+        "n": n,
+        "seed": suite.seed,
+        "schedule": cell.sampler.schedule,
+        "device": str(ranks.device),
+        "world_size": ranks.world,
+        "peak_mem_mb": max(p["peak_mem_mb"] for p in parts),
+        "peak_mem_kind": "cuda_max_allocated" if ranks.device.type == "cuda" else "process_max_rss",
+    }
+    errors = [p["error"] for p in parts if "error" in p]
+    if errors:
+        return {**record, "status": "error", "error": errors[0], "nfe": None, "metrics": {}}
+
+    head = parts[0]
+    x = torch.empty(n, *head["x"].shape[1:], dtype=head["x"].dtype)
+    for p in parts:
+        x[p["indices"]] = p["x"]
+    wall_s = max(p["seconds"] for p in parts)  # the cell takes as long as its slowest rank
+    record.update(
+        status="ok",
+        nfe=head["nfe"],
+        steps=head["steps"],
+        declared_nfe=head["declared_nfe"],
+        hyper=head["hyper"],
+        wall_s=wall_s,
+        ms_per_sample=1000.0 * wall_s / n,
+        extras={k: sum(p["extras"][k] * len(p["indices"]) for p in parts) / n for k in head["extras"]},
+        metrics={},
+    )
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x.reshape(n, -1))).any(1).sum())
+        record.update(status="diverged", error=f"{bad} of {n} samples are NaN or infinite")
+        return record
+    start = time.perf_counter()
+    try:
+        record["metrics"] = compute_metrics(model, x, metric_names)
+    except Exception as err:
+        record.update(status="error", error=f"metrics: {_error_message(err)}")
+    record["metrics_s"] = time.perf_counter() - start
+    if save_samples is not None:
+        keep = keep_count(suite, tuple(x.shape[1:]), n)
+        if keep:
+            record["samples_file"] = save_samples(cell, x[:keep].float().numpy())
+    return record
+
+
+# --- the sweep --------------------------------------------------------------------------------------------------
+
+
+def resolved_suite(suite: Suite, metrics: dict[str, tuple[str, ...]], device: torch.device, models) -> dict[str, Any]:
+    """The suite as it runs: every default filled in; a resumed run must resolve to the same."""
+    out = suite.to_dict()
+    out.pop("source")
+    out["device"] = device.type
+    for entry in out["models"]:
+        model = models[entry["name"]]
+        entry["metrics"] = list(metrics[entry["name"]])
+        entry["process"] = model.process
+        entry["shape"] = list(model.shape)
+        entry["data_range"] = list(model.data_range)
+        entry["dataset"] = getattr(model, "dataset", None)
+    return json.loads(json.dumps(out, default=_json_default))
+
+
+def run_suite(
+    suite: Suite,
+    out: Path | None,
+    *,
+    device: str | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> Path | None:
+    """Validate everything, then sweep every cell not yet recorded; returns the run directory (None off rank 0)."""
+    suite.validate()
+    ranks = Ranks.from_env(device or suite.device)
+    try:
+        check_sharding(suite, ranks.world)
+        models = load_models(suite, ranks.device)
+        metrics = resolve_metrics(suite, models)
+        resolved = resolved_suite(suite, metrics, ranks.device, models)
+
+        # rank 0 owns the run directory; the others learn the directory and the cells already done, or the error
+        plan: dict[str, Any] = {}
+        if ranks.main:
+            try:
+                if out is None:
+                    out = _latest_run(suite) if resume else default_out_dir(suite)
+                run = RunDir.prepare(out, resolved, Path(suite.source).read_text(), resume, force)
+                run.log_environment(environment(ranks.device, ranks.world))
+                plan = {"out": str(run.path), "done": [_key(r) for r in run.records()]}
+            except ValueError as err:
+                plan = {"error": str(err)}
+        plan = ranks.broadcast(plan)
+        if "error" in plan:
+            raise ValueError(plan["error"])
+        run = RunDir(Path(plan["out"]))
+        done = {tuple(k) for k in plan["done"]}
+
+        cells = suite.cells()
+        todo = [c for c in cells if c.key not in done]
+        if ranks.main:
+            _save_references(run, suite, models)
+        bar = tqdm(
+            total=len(cells),
+            initial=len(cells) - len(todo),
+            desc=suite.name,
+            unit="cell",
+            disable=not (progress and ranks.main),
+            dynamic_ncols=True,
+        )
+        with bar:
+            for cell in todo:
+                bar.set_postfix_str(f"{cell.model.name} {cell.sampler.name} @{cell.budget}", refresh=True)
+                save = run.save_samples if ranks.main else None
+                record = run_cell(cell, models[cell.model.name], suite, metrics[cell.model.name], ranks, save)
+                if record is not None:
+                    record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+                    run.append(record)
+                    if record["status"] != "ok":
+                        bar.write(f"{'/'.join(map(str, cell.key))}: {record['status']}: {record.get('error')}")
+                bar.update()
+        return run.path if ranks.main else None
+    finally:
+        ranks.close()
+
+
+def _key(record: dict[str, Any]) -> tuple[str, str, int]:
+    return (record["model"], record["sampler"], record["nfe_budget"])
+
+
+def _latest_run(suite: Suite) -> Path:
+    runs = sorted(p for p in (Path("results") / "runs").glob(f"{suite.name}-*") if (p / "suite.json").exists())
+    if not runs:
+        raise ValueError(f"--resume: no earlier run of suite {suite.name!r} under results/runs/; give it with --out")
+    return runs[-1]
+
+
+def _save_references(run: RunDir, suite: Suite, models) -> None:
+    """Exact samples of analytic models, drawn under the sample scatters of the report. Above 2-d they are stored
+    projected on the two leading principal axes of the exact distribution, with that basis to project samples on."""
+    for entry in suite.models:
+        mixture = getattr(models[entry.name], "mixture", None)
+        if mixture is None:
+            continue
+        gen = torch.Generator().manual_seed(suite.seed)
+        x, _ = mixture.sample(min(entry.n_samples, KEEP_SAMPLES_2D), generator=gen)
+        basis = None
+        if mixture.dim > 2:
+            basis = torch.linalg.eigh(mixture.cov()).eigenvectors[:, -2:].flip(1)  # [d, 2], leading axis first
+            x = x @ basis
+        run.save_reference(entry.name, x.float().numpy(), None if basis is None else basis.float().numpy())

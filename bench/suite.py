@@ -1,0 +1,363 @@
+"""Benchmark suites: a TOML file mapped onto frozen dataclasses, validated completely before any work starts.
+
+A suite names the models, the samplers with their hyper-parameters, the NFE budgets, the number of samples and the
+seed, the metrics and the device. Its cells are every (model, sampler, budget) triple:
+
+```toml
+[suite]
+description = "what the suite shows"
+seed = 0                  # sample i of every cell uses the noise streams of (seed, i)
+n_samples = 1000
+batch_size = 500          # also the unit of sharding across torchrun processes
+budgets = [10, 20, 50]    # NFE budgets; each cell gets the largest step count whose NFE fits
+device = "cpu"            # `scorebench run --device` overrides it
+keep_samples = 64         # samples saved per cell for the report's grids (2-d models keep up to 1000)
+
+[[models]]
+spec = "gmm-2d-ve"        # a built-in name, diffusers:PATH or a native checkpoint directory
+# name, n_samples, batch_size, budgets, metrics (default: the model's default metrics) override per model
+
+[samplers.kar1]           # a registered sampler with its defaults
+[samplers.kar2]
+s_churn = 10.0            # any other key is a hyper-parameter of the sampler
+[samplers.pc.per_model."gmm-2d-vp"]
+snr = 0.01                # hyper-parameters for one model only
+[samplers.ddim-eta1]
+sampler = "ddim"          # a second entry of one sampler under its own name
+eta = 1.0
+# budgets, schedule and models (the model names it runs on) are the other reserved keys of a sampler table
+```
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ModelEntry", "SamplerEntry", "Cell", "Suite", "SUITES_DIR", "shipped_suites", "find_suite", "load_suite"]
+
+SUITES_DIR = Path(__file__).parent / "suites"
+DEFAULT_BATCH_SIZE = 500
+DEFAULT_KEEP_SAMPLES = 64
+KEEP_SAMPLES_2D = 1000  # scatter plots of 2-d models need more points than an image grid, and they are tiny
+
+_SUITE_KEYS = ("name", "description", "seed", "n_samples", "batch_size", "budgets", "device", "keep_samples")
+_MODEL_KEYS = ("spec", "name", "n_samples", "batch_size", "budgets", "metrics")
+_SAMPLER_RESERVED = ("sampler", "budgets", "schedule", "models", "per_model")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str  # the label in records, tables and plots
+    spec: str  # what models.load_model understands
+    n_samples: int
+    batch_size: int
+    budgets: tuple[int, ...]
+    metrics: tuple[str, ...] | None = None  # None: bench.metrics.default_metrics(model)
+
+    @property
+    def n_batches(self) -> int:
+        return math.ceil(self.n_samples / self.batch_size)
+
+
+@dataclass(frozen=True)
+class SamplerEntry:
+    name: str  # the label in records, tables and plots
+    sampler: str  # the registered sampler (samplers.SAMPLERS)
+    hyper: dict[str, Any] = field(default_factory=dict)
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+    budgets: tuple[int, ...] | None = None  # None: each model's budgets
+    schedule: str | None = None  # None: the sampler's default schedule
+    models: tuple[str, ...] | None = None  # None: every model of the suite
+
+    def hyper_for(self, model: str) -> dict[str, Any]:
+        return {**self.hyper, **self.per_model.get(model, {})}
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: ModelEntry
+    sampler: SamplerEntry
+    budget: int
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.model.name, self.sampler.name, self.budget)
+
+    @property
+    def hyper(self) -> dict[str, Any]:
+        return self.sampler.hyper_for(self.model.name)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    source: str  # the file it was read from
+    description: str
+    seed: int
+    device: str
+    keep_samples: int
+    models: tuple[ModelEntry, ...]
+    samplers: tuple[SamplerEntry, ...]
+
+    def cells(self) -> list[Cell]:
+        """Every (model, sampler, budget) cell, model by model, samplers in suite order, budgets ascending."""
+        return [
+            Cell(model, sampler, budget)
+            for model in self.models
+            for sampler in self.samplers
+            if sampler.models is None or model.name in sampler.models
+            for budget in sorted(sampler.budgets or model.budgets)
+        ]
+
+    def select(self, models: Iterable[str] | None = None, samplers: Iterable[str] | None = None) -> Suite:
+        """The suite restricted to some of its models and samplers (by name); ValueError for a name it lacks."""
+        out = self
+        if models is not None:
+            out = replace(out, models=_pick(self.models, list(models), "model", self.source))
+        if samplers is not None:
+            out = replace(out, samplers=_pick(self.samplers, list(samplers), "sampler", self.source))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> None:
+        """Every sampler registered, every hyper-parameter known, every budget fitting a step count; else ValueError.
+
+        Model specs are checked when the models are loaded (bench.runner.load_models), also before any work.
+        """
+        from samplers import SCHEDULES, get_sampler, steps_for_budget
+
+        for entry in self.samplers:
+            where = f"{self.source}: [samplers.{_quote(entry.name)}]"
+            try:
+                spec = get_sampler(entry.sampler)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
+            if entry.schedule is not None and entry.schedule not in SCHEDULES:
+                raise ValueError(
+                    f"{where}: unknown schedule {entry.schedule!r}; expected one of {', '.join(SCHEDULES)}"
+                )
+            for model in self.models:
+                if entry.models is not None and model.name not in entry.models:
+                    continue
+                hyper = entry.hyper_for(model.name)
+                try:
+                    spec.resolve(hyper)
+                except ValueError as err:
+                    raise ValueError(f"{where}: {err}") from None
+                if spec.adaptive:  # its budget is met by a tolerance sweep at run time
+                    continue
+                for budget in entry.budgets or model.budgets:
+                    try:
+                        steps_for_budget(spec, budget, hyper)
+                    except ValueError as err:
+                        raise ValueError(f"{where} on model {model.name!r}: {err}") from None
+
+
+def _pick(entries, names: list[str], what: str, source: str):
+    known = {e.name: e for e in entries}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise ValueError(f"{source} has no {what} {', '.join(map(repr, missing))}; it has: {', '.join(known)}")
+    return tuple(e for e in entries if e.name in names)
+
+
+def _quote(key: str) -> str:
+    return key if key.replace("-", "").replace("_", "").isalnum() else f'"{key}"'
+
+
+# --- finding and parsing suite files ----------------------------------------------------------------------------
+
+
+def shipped_suites() -> dict[str, Path]:
+    """The suites that ship inside the package, by name."""
+    return {p.stem: p for p in sorted(SUITES_DIR.glob("*.toml"))}
+
+
+def find_suite(ref: str | Path) -> Path:
+    """A suite file: an existing path, or the name of a shipped suite."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    shipped = shipped_suites()
+    if str(ref) in shipped:
+        return shipped[str(ref)]
+    raise ValueError(f"unknown suite {str(ref)!r}: not a file, and not a shipped suite ({', '.join(shipped)})")
+
+
+def load_suite(ref: str | Path) -> Suite:
+    """Read and check a suite file (its structure and every key and type); ValueError naming the file and key."""
+    path = find_suite(ref)
+    source = str(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{source}: malformed TOML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{source}: cannot read: {err}") from None
+    return parse_suite(raw, source, default_name=path.stem)
+
+
+def parse_suite(raw: Mapping[str, Any], source: str, default_name: str = "suite") -> Suite:
+    _check_keys(raw, ("suite", "models", "samplers"), source, "the top level")
+    head = _table(raw.get("suite", {}), source, "[suite]")
+    _check_keys(head, _SUITE_KEYS, source, "[suite]")
+    n_samples = _positive_int(head.get("n_samples", 1000), source, "[suite] n_samples")
+    defaults = {
+        "n_samples": n_samples,
+        "batch_size": _positive_int(
+            head.get("batch_size", min(n_samples, DEFAULT_BATCH_SIZE)), source, "[suite] batch_size"
+        ),
+        "budgets": _budgets(head["budgets"], source, "[suite] budgets") if "budgets" in head else None,
+    }
+
+    models_raw = raw.get("models")
+    if not isinstance(models_raw, list) or not models_raw:
+        raise ValueError(f"{source}: needs at least one [[models]] table")
+    models = tuple(_model(m, i, defaults, source) for i, m in enumerate(models_raw))
+    _unique([m.name for m in models], source, "model")
+
+    samplers_raw = _table(raw.get("samplers", {}), source, "[samplers]")
+    if not samplers_raw:
+        raise ValueError(f"{source}: needs at least one [samplers.NAME] table")
+    model_names = [m.name for m in models]
+    samplers = tuple(_sampler(name, table, model_names, source) for name, table in samplers_raw.items())
+
+    for m in models:
+        if m.budgets == () and any(s.budgets is None for s in samplers):
+            raise ValueError(f"{source}: model {m.name!r} has no NFE budgets: set [suite] budgets or its own budgets")
+
+    device = head.get("device", "cpu")
+    if not isinstance(device, str) or not device:
+        raise ValueError(f'{source}: [suite] device must be a string such as "cpu" or "cuda", got {device!r}')
+    seed = head.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"{source}: [suite] seed must be a non-negative integer, got {seed!r}")
+    keep = head.get("keep_samples", DEFAULT_KEEP_SAMPLES)
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 0:
+        raise ValueError(f"{source}: [suite] keep_samples must be a non-negative integer, got {keep!r}")
+    description = head.get("description", "")
+    if not isinstance(description, str):
+        raise ValueError(f"{source}: [suite] description must be a string, got {description!r}")
+    return Suite(
+        name=_string(head.get("name", default_name), source, "[suite] name"),
+        source=source,
+        description=description,
+        seed=seed,
+        device=device,
+        keep_samples=keep,
+        models=models,
+        samplers=samplers,
+    )
+
+
+def _model(raw: Any, i: int, defaults: dict[str, Any], source: str) -> ModelEntry:
+    where = f"[[models]] #{i + 1}"
+    raw = _table(raw, source, where)
+    _check_keys(raw, _MODEL_KEYS, source, where)
+    if "spec" not in raw:
+        raise ValueError(f"{source}: {where} needs a spec (a built-in model name, diffusers:PATH or a directory)")
+    spec = _string(raw["spec"], source, f"{where} spec")
+    where = f"[[models]] {spec!r}"
+    metrics = raw.get("metrics")
+    if metrics is not None:
+        if not isinstance(metrics, list) or not all(isinstance(x, str) for x in metrics):
+            raise ValueError(f"{source}: {where} metrics must be a list of metric names, got {metrics!r}")
+        metrics = tuple(metrics)
+    budgets = _budgets(raw["budgets"], source, f"{where} budgets") if "budgets" in raw else defaults["budgets"]
+    n_samples = _positive_int(raw.get("n_samples", defaults["n_samples"]), source, f"{where} n_samples")
+    batch_default = min(defaults["batch_size"], n_samples)
+    return ModelEntry(
+        name=_string(raw.get("name", spec), source, f"{where} name"),
+        spec=spec,
+        n_samples=n_samples,
+        batch_size=_positive_int(raw.get("batch_size", batch_default), source, f"{where} batch_size"),
+        budgets=budgets or (),
+        metrics=metrics,
+    )
+
+
+def _sampler(name: str, raw: Any, model_names: list[str], source: str) -> SamplerEntry:
+    where = f"[samplers.{_quote(name)}]"
+    raw = dict(_table(raw, source, where))
+    per_model = _table(raw.pop("per_model", {}), source, f"{where} per_model")
+    for model, hyper in per_model.items():
+        if model not in model_names:
+            raise ValueError(
+                f"{source}: {where} per_model names unknown model {model!r}; models: {', '.join(model_names)}"
+            )
+        _table(hyper, source, f"{where} per_model.{model}")
+    models = raw.pop("models", None)
+    if models is not None:
+        if not isinstance(models, list) or not models or not all(m in model_names for m in models):
+            raise ValueError(
+                f"{source}: {where} models must list some of the suite's models ({', '.join(model_names)})"
+            )
+        models = tuple(models)
+    schedule = raw.pop("schedule", None)
+    if schedule is not None:
+        schedule = _string(schedule, source, f"{where} schedule")
+    budgets = _budgets(raw.pop("budgets"), source, f"{where} budgets") if "budgets" in raw else None
+    sampler = _string(raw.pop("sampler", name), source, f"{where} sampler")
+    for key, value in raw.items():  # everything left is a hyper-parameter
+        if isinstance(value, dict | list):
+            raise ValueError(
+                f"{source}: {where} {key} = {value!r} is not a hyper-parameter value; the reserved keys of a sampler "
+                f"table are {', '.join(_SAMPLER_RESERVED)}"
+            )
+    return SamplerEntry(
+        name=name,
+        sampler=sampler,
+        hyper=raw,
+        per_model={k: dict(v) for k, v in per_model.items()},
+        budgets=budgets,
+        schedule=schedule,
+        models=models,
+    )
+
+
+def _check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], source: str, where: str) -> None:
+    unknown = [k for k in table if k not in allowed]
+    if unknown:
+        raise ValueError(f"{source}: unknown key {unknown[0]!r} in {where}; expected one of {', '.join(allowed)}")
+
+
+def _table(value: Any, source: str, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{source}: {where} must be a table, got {value!r}")
+    return value
+
+
+def _string(value: Any, source: str, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{source}: {where} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _positive_int(value: Any, source: str, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{source}: {where} must be a positive integer, got {value!r}")
+    return value
+
+
+def _budgets(value: Any, source: str, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{source}: {where} must be a non-empty list of NFE budgets, got {value!r}")
+    budgets = tuple(_positive_int(v, source, where) for v in value)
+    if len(set(budgets)) != len(budgets):
+        raise ValueError(f"{source}: {where} repeats a budget: {list(budgets)}")
+    return tuple(sorted(budgets))
+
+
+def _unique(names: list[str], source: str, what: str) -> None:
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise ValueError(f"{source}: two {what}s are named {n!r}; give one a distinct name")
+        seen.add(n)
