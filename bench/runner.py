@@ -134,16 +134,17 @@ class RunDir:
 
     @classmethod
     def prepare(cls, path: Path, resolved: dict[str, Any], suite_text: str, resume: bool, force: bool) -> RunDir:
-        """Create (or, with `resume`, reopen) a run directory; ValueError if it cannot be written or is in use."""
+        """Create (or, with `resume`, reopen) a run directory; ValueError if it cannot be written or is in use.
+
+        `suite.json` is written last: it marks a run that has started. Resuming a directory without it (killed while
+        being set up) starts the run there afresh.
+        """
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"output {path} exists and is not a directory")
-        existing = path.is_dir() and any(path.iterdir())
         if resume and force:
             raise ValueError("--resume and --force contradict each other: continue the run, or start it again")
-        if resume:
-            if not (path / "suite.json").exists():
-                raise ValueError(f"cannot resume {path}: it holds no run (no suite.json)")
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"output {path} exists and is not a directory")
+        if resume and (path / "suite.json").exists():
             before = json.loads((path / "suite.json").read_text())
             if before != resolved:
                 changed = sorted(k for k in set(before) | set(resolved) if before.get(k) != resolved.get(k))
@@ -151,10 +152,9 @@ class RunDir:
                     f"cannot resume {path}: the suite differs from the one it was started with "
                     f"(in {', '.join(changed)}); start a new run or use --force"
                 )
-            run = cls(path)
             read_records(path, repair=True)
-            return run
-        if existing and not force:
+            return cls(path)
+        if path.is_dir() and any(path.iterdir()) and not (force or resume):
             raise ValueError(f"output {path} already exists; use --resume to continue that run or --force to redo it")
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -163,16 +163,15 @@ class RunDir:
             probe.unlink()
         except OSError as err:
             raise ValueError(f"cannot write to output directory {path}: {err.strerror or err}") from None
-        if force:
-            for name in RUN_OUTPUTS:
-                target = path / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
+        for name in RUN_OUTPUTS:
+            target = path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
         (path / "suite.toml").write_text(suite_text)
-        _write_json(path / "suite.json", resolved)
         (path / RECORDS).touch()
+        _write_json(path / "suite.json", resolved)
         return cls(path)
 
     def records(self) -> list[dict[str, Any]]:
