@@ -8,10 +8,10 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "list",
-        help="list built-in models and registered samplers",
-        description="List built-in models and registered samplers with a one-line description each.",
+        help="list built-in models, registered samplers and shipped suites",
+        description="List built-in models, registered samplers and shipped suites with a one-line description each.",
     )
-    p.add_argument("what", nargs="?", choices=("models", "samplers", "all"), default="all")
+    p.add_argument("what", nargs="?", choices=("models", "samplers", "suites", "all"), default="all")
     p.set_defaults(func=run)
 
 
@@ -30,4 +30,15 @@ def run(args: argparse.Namespace) -> int:
         for name, spec in SAMPLERS.items():
             kind = "stochastic" if spec.stochastic else "deterministic"
             print(f"  {name:<{width}}  {spec.summary} [{kind}]")
+    if args.what in ("suites", "all"):
+        from .suite import load_suite, shipped_suites
+
+        print("suites (scorebench run NAME; also: the path of a suite TOML file):")
+        suites = shipped_suites()
+        width = max(map(len, suites))
+        for name in suites:
+            suite = load_suite(name)
+            cells = len(suite.cells())
+            summary = suite.description.split(". ")[0].rstrip(".")
+            print(f"  {name:<{width}}  {summary} [{cells} cells, {suite.device}]")
     return 0

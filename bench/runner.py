@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +34,7 @@ from tqdm import tqdm
 from .distributed import Ranks
 from .suite import KEEP_SAMPLES_2D, Cell, Suite
 
-__all__ = ["RunDir", "load_models", "resolve_metrics", "run_suite", "run_cell", "read_records", "default_out_dir"]
+__all__ = ["Interrupted", "RunDir", "load_models", "resolve_metrics", "run_suite", "run_cell", "read_records", "default_out_dir"]
 
 RECORDS = "records.jsonl"
 # everything `scorebench run` writes into a run directory: what --force removes, and nothing else
@@ -369,7 +370,7 @@ def run_cell(
     wall_s = max(p["seconds"] for p in parts)  # the cell takes as long as its slowest rank
     record.update(
         status="ok",
-        nfe=head["nfe"],
+        nfe=sum(p["nfe"] * len(p["indices"]) for p in parts) / n,  # per sample, over every rank's samples
         steps=head["steps"],
         declared_nfe=head["declared_nfe"],
         hyper=head["hyper"],
@@ -460,7 +461,7 @@ def run_suite(
             disable=not (progress and ranks.main),
             dynamic_ncols=True,
         )
-        with bar:
+        with bar, _resumable(run.path):
             for cell in todo:
                 bar.set_postfix_str(f"{cell.model.name} {cell.sampler.name} @{cell.budget}", refresh=True)
                 save = run.save_samples if ranks.main else None
@@ -474,6 +475,22 @@ def run_suite(
         return run.path if ranks.main else None
     finally:
         ranks.close()
+
+
+class Interrupted(Exception):
+    """The sweep was stopped (Ctrl-C) with its finished cells on disk in `path`."""
+
+    def __init__(self, path: Path):
+        super().__init__(f"interrupted; the finished cells are in {path / RECORDS}")
+        self.path = path
+
+
+@contextmanager
+def _resumable(path: Path):
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(path) from None
 
 
 def _key(record: dict[str, Any]) -> tuple[str, str, int]:

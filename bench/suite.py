@@ -21,7 +21,7 @@ spec = "gmm-2d-ve"        # a built-in name, diffusers:PATH or a native checkpoi
 [samplers.kar2]
 s_churn = 10.0            # any other key is a hyper-parameter of the sampler
 [samplers.pc.per_model."gmm-2d-vp"]
-snr = 0.01                # hyper-parameters for one model only
+snr = 0.01                # hyper-parameters (and `budgets`) for one model only
 [samplers.ddim-eta1]
 sampler = "ddim"          # a second entry of one sampler under its own name
 eta = 1.0
@@ -69,13 +69,17 @@ class SamplerEntry:
     name: str  # the label in records, tables and plots
     sampler: str  # the registered sampler (samplers.SAMPLERS)
     hyper: dict[str, Any] = field(default_factory=dict)
-    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)  # model name -> hyper-parameters
     budgets: tuple[int, ...] | None = None  # None: each model's budgets
+    per_model_budgets: dict[str, tuple[int, ...]] = field(default_factory=dict)
     schedule: str | None = None  # None: the sampler's default schedule
     models: tuple[str, ...] | None = None  # None: every model of the suite
 
     def hyper_for(self, model: str) -> dict[str, Any]:
         return {**self.hyper, **self.per_model.get(model, {})}
+
+    def budgets_for(self, model: ModelEntry) -> tuple[int, ...]:
+        return self.per_model_budgets.get(model.name) or self.budgets or model.budgets
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ class Suite:
             for model in self.models
             for sampler in self.samplers
             if sampler.models is None or model.name in sampler.models
-            for budget in sorted(sampler.budgets or model.budgets)
+            for budget in sampler.budgets_for(model)
         ]
 
     def select(self, models: Iterable[str] | None = None, samplers: Iterable[str] | None = None) -> Suite:
@@ -153,7 +157,7 @@ class Suite:
                     raise ValueError(f"{where}: {err}") from None
                 if spec.adaptive:  # its budget is met by a tolerance sweep at run time
                     continue
-                for budget in entry.budgets or model.budgets:
+                for budget in entry.budgets_for(model):
                     try:
                         steps_for_budget(spec, budget, hyper)
                     except ValueError as err:
@@ -286,13 +290,16 @@ def _model(raw: Any, i: int, defaults: dict[str, Any], source: str) -> ModelEntr
 def _sampler(name: str, raw: Any, model_names: list[str], source: str) -> SamplerEntry:
     where = f"[samplers.{_quote(name)}]"
     raw = dict(_table(raw, source, where))
-    per_model = _table(raw.pop("per_model", {}), source, f"{where} per_model")
-    for model, hyper in per_model.items():
+    per_model, per_model_budgets = {}, {}
+    for model, table in _table(raw.pop("per_model", {}), source, f"{where} per_model").items():
         if model not in model_names:
             raise ValueError(
                 f"{source}: {where} per_model names unknown model {model!r}; models: {', '.join(model_names)}"
             )
-        _table(hyper, source, f"{where} per_model.{model}")
+        table = dict(_table(table, source, f"{where} per_model.{_quote(model)}"))
+        if "budgets" in table:
+            per_model_budgets[model] = _budgets(table.pop("budgets"), source, f"{where} per_model.{_quote(model)}")
+        per_model[model] = table
     models = raw.pop("models", None)
     if models is not None:
         if not isinstance(models, list) or not models or not all(m in model_names for m in models):
@@ -315,8 +322,9 @@ def _sampler(name: str, raw: Any, model_names: list[str], source: str) -> Sample
         name=name,
         sampler=sampler,
         hyper=raw,
-        per_model={k: dict(v) for k, v in per_model.items()},
+        per_model=per_model,
         budgets=budgets,
+        per_model_budgets=per_model_budgets,
         schedule=schedule,
         models=models,
     )

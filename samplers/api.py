@@ -128,10 +128,6 @@ def sample(
         raise ValueError(f"NFE budget must be a positive integer, got {nfe}")
     resolved = spec.resolve(hyper)
 
-    def run(sigmas: Tensor, trial: Mapping[str, Any]) -> tuple[Tensor, float, float]:
-        x, measured, seconds = run_sampler(model, spec, sigmas, indices, seed=seed, batch_size=batch_size, hyper=trial)
-        return x, (nfe_mean(measured, len(indices)) if nfe_mean else measured), seconds
-
     def schedule_for(steps: int) -> Tensor:
         if isinstance(schedule, Tensor):
             return schedule
@@ -142,12 +138,17 @@ def sample(
         declared = spec.nfe(steps, **resolved)
         if declared > nfe:
             raise ValueError(f"the given schedule costs {declared} NFE with {spec.name!r}, over the budget of {nfe}")
-        x, measured, seconds = run(schedule_for(steps), resolved)
+        x, measured, seconds = run_sampler(
+            model, spec, schedule_for(steps), indices, seed=seed, batch_size=batch_size, hyper=resolved
+        )
         return SampleResult(x, measured, seconds, steps, declared, resolved)
 
     sigmas = schedule_for(2)
     if "rtol" in hyper or "atol" in hyper:
-        x, measured, seconds = run(sigmas, resolved)
+        x, measured, seconds = run_sampler(
+            model, spec, sigmas, indices, seed=seed, batch_size=batch_size, hyper=resolved
+        )
+        measured = nfe_mean(measured, len(indices)) if nfe_mean else measured
         if measured > nfe:
             raise ValueError(
                 f"{spec.name} at rtol={resolved['rtol']:g}, atol={resolved['atol']:g} took "
@@ -157,7 +158,8 @@ def sample(
     best = None
     for tol in TOLERANCES:
         trial = {**resolved, "rtol": tol, "atol": tol}
-        x, measured, seconds = run(sigmas, trial)
+        x, measured, seconds = run_sampler(model, spec, sigmas, indices, seed=seed, batch_size=batch_size, hyper=trial)
+        measured = nfe_mean(measured, len(indices)) if nfe_mean else measured
         if measured > nfe:
             break
         best = SampleResult(x, measured, seconds, None, None, trial)

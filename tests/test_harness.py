@@ -107,6 +107,14 @@ def test_suite_maps_onto_dataclasses(tmp_path):
     assert {c.key for c in suite.select(samplers=["rk45"]).cells()} == {("gmm-2d-ve", "rk45", 45), ("vp", "rk45", 45)}
 
 
+def test_sampler_budgets_override_per_model(tmp_path):
+    text = TINY.replace("[samplers.rk45]\nbudgets = [45]", "[samplers.rk45]\nbudgets = [45]\nper_model.vp.budgets = [30, 60]")
+    suite = load_suite(write(tmp_path / "tiny.toml", text))
+    rk45 = {c.key for c in suite.cells() if c.sampler.name == "rk45"}
+    assert rk45 == {("gmm-2d-ve", "rk45", 45), ("vp", "rk45", 30), ("vp", "rk45", 60)}
+    assert next(s for s in suite.samplers if s.name == "rk45").hyper_for("vp") == {}
+
+
 def test_shipped_suites_parse_and_name_known_samplers():
     suites = shipped_suites()
     assert {"quick", "digits", "cifar10-vp", "cifar10-ve"} <= set(suites)
