@@ -34,7 +34,7 @@ from tqdm import tqdm
 from .distributed import Ranks
 from .suite import KEEP_SAMPLES_2D, Cell, Suite
 
-__all__ = ["Interrupted", "RunDir", "load_models", "resolve_metrics", "run_suite", "run_cell", "read_records", "default_out_dir"]
+__all__ = ["Interrupted", "RunDir", "load_models", "resolve_metrics", "run_suite", "run_cell", "read_records"]
 
 RECORDS = "records.jsonl"
 # everything `scorebench run` writes into a run directory: what --force removes, and nothing else

@@ -108,7 +108,7 @@ def test_suite_maps_onto_dataclasses(tmp_path):
 
 
 def test_sampler_budgets_override_per_model(tmp_path):
-    text = TINY.replace("[samplers.rk45]\nbudgets = [45]", "[samplers.rk45]\nbudgets = [45]\nper_model.vp.budgets = [30, 60]")
+    text = TINY.replace("budgets = [45]", "budgets = [45]\nper_model.vp.budgets = [30, 60]")
     suite = load_suite(write(tmp_path / "tiny.toml", text))
     rk45 = {c.key for c in suite.cells() if c.sampler.name == "rk45"}
     assert rk45 == {("gmm-2d-ve", "rk45", 45), ("vp", "rk45", 30), ("vp", "rk45", 60)}
