@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--speed-tol", type=float, default=0.25, help="allowed relative growth of ms per sample (default 0.25)"
     )
     p.add_argument("--no-speed", action="store_true", help="do not check speed (runs from different machines)")
-    p.add_argument("--all", action="store_true", help="print every compared quantity, not only changes")
+    p.add_argument("--all", action="store_true", help="print every compared quantity, not only the regressions")
     p.add_argument("--csv", type=Path, help="also write the full comparison to this CSV file")
     p.set_defaults(func=run)
 
@@ -48,11 +48,15 @@ def run(args: argparse.Namespace) -> int:
     if table.empty:
         print("no cells to compare")
         return 0
-    shown = table if args.all else table[(table["change"].fillna(0) != 0) | table["worse"] | (table["note"] != "")]
+    shown = table if args.all else table[table["worse"] | (table["note"] != "")]
     if not shown.empty:
         print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""))
-    worse = table[table["worse"]]
     cells = table[["model", "sampler", "nfe_budget"]].drop_duplicates()
+    speed = table[table["quantity"] == "ms_per_sample"]
+    if not speed.empty:
+        ratio = (speed["b"].astype(float) / speed["a"].astype(float)).median()
+        print(f"ms per sample, B / A: median {ratio:.3g} over {len(speed)} cells")
+    worse = table[table["worse"]]
     if worse.empty:
         print(f"ok: {len(cells)} cells, no regression beyond the tolerances")
         return 0

@@ -309,7 +309,7 @@ def run_cell(
     Any exception in sampling or metrics becomes an `error` record and NaN/inf samples a `diverged` one, so that the
     sweep goes on; KeyboardInterrupt still stops the run.
     """
-    from samplers import sample
+    from samplers import get_sampler, sample
 
     from .metrics import compute_metrics
 
@@ -353,7 +353,7 @@ def run_cell(
         "model_spec": cell.model.spec,
         "n": n,
         "seed": suite.seed,
-        "schedule": cell.sampler.schedule,
+        "schedule": cell.sampler.schedule or get_sampler(cell.sampler.sampler).schedule,
         "device": str(ranks.device),
         "world_size": ranks.world,
         "peak_mem_mb": max(p["peak_mem_mb"] for p in parts),
