@@ -57,10 +57,12 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
 
 
-def metric_table(frame: pd.DataFrame, model: str, metric: str) -> pd.DataFrame:
-    """Rows: samplers (suite order); columns: NFE budgets; cells: 'value @ measured NFE', or the status if not ok."""
+def metric_table(frame: pd.DataFrame, model: str, metric: str, order: list[str] | None = None) -> pd.DataFrame:
+    """Rows: samplers (in `order`, default suite order); columns: NFE budgets; cells: 'value @measured NFE', or the
+    status of a cell that did not finish ok."""
     df = frame[frame["model"] == model]
-    order = list(dict.fromkeys(df["sampler"]))
+    order = [s for s in order or df["sampler"] if s in set(df["sampler"])]
+    order = list(dict.fromkeys(order))
 
     def cell(r: pd.Series) -> str:
         if r["status"] != "ok":
@@ -364,7 +366,8 @@ def write_report(run_dir: Path | str) -> Path:
         long[cols].to_csv(run_dir / "tables" / f"{name}.csv", index=False)
         for metric in metrics[model]:
             if metric in frame:
-                sections += [f"### {metric} @ measured NFE", "", _markdown(metric_table(frame, model, metric)), ""]
+                table = metric_table(frame, model, metric, order)
+                sections += [f"### {metric} @ measured NFE", "", _markdown(table), ""]
         if not best.empty and model in set(best["model"]):
             b = best[best["model"] == model].drop(columns="model")
             sections += ["### best sampler per NFE budget", "", _markdown(b, index=False), ""]

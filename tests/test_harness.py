@@ -393,3 +393,17 @@ def test_resume_refuses_a_different_suite(tiny_run, tmp_path, capsys):
     assert main(["run", str(other), "--out", str(run), "--resume"]) == 2
     assert "the suite differs from the one it was started with (in models)" in capsys.readouterr().err
     assert (run / "records.jsonl").read_bytes() == before
+
+
+def test_dlg_variants_are_drawn_next_to_their_integrator():
+    from bench.report import _ordered, sampler_styles
+
+    names = ["kar1", "rk45", "dlg+kar1", "dlg+rk45", "ddim-eta1", "dlg+em", "em"]
+    algorithms = {**{n: n for n in names}, "ddim-eta1": "ddim"}
+    assert _ordered(names, algorithms) == ["kar1", "dlg+kar1", "rk45", "dlg+rk45", "ddim-eta1", "em", "dlg+em"]
+    styles = sampler_styles(names, algorithms)
+    for dlg, base in [("dlg+kar1", "kar1"), ("dlg+rk45", "rk45"), ("dlg+em", "em")]:
+        assert styles[dlg]["color"] == styles[base]["color"]
+        assert (styles[dlg]["linestyle"], styles[base]["linestyle"]) == ("--", "-")
+    plain = [styles[n]["color"] for n in names if not n.startswith("dlg+")]
+    assert len(set(plain)) == len(plain)
