@@ -122,9 +122,9 @@ def sampler_styles(samplers: list[str], algorithms: dict[str, str]) -> dict[str,
     """Line styles: one colour per sampler; a DLG variant takes its integrator's colour, dashed, with open markers."""
     from matplotlib import colormaps
 
-    palette = colormaps["tab10" if len(samplers) <= 10 else "tab20"].colors
-    colours: dict[str, Any] = {}
     plain = [s for s in samplers if not algorithms.get(s, s).startswith(DLG_PREFIX)]
+    palette = colormaps["tab10" if len(plain) <= 10 else "tab20"].colors
+    colours: dict[str, Any] = {}
     for s in plain:
         colours[s] = palette[len(colours) % len(palette)]
     styles = {}
