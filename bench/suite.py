@@ -153,6 +153,7 @@ class Suite:
                 hyper = entry.hyper_for(model.name)
                 try:
                     spec.resolve(hyper)
+                    _check_types(hyper, spec.defaults())
                 except ValueError as err:
                     raise ValueError(f"{where}: {err}") from None
                 if spec.adaptive:  # its budget is met by a tolerance sweep at run time
@@ -162,6 +163,20 @@ class Suite:
                         steps_for_budget(spec, budget, hyper)
                     except ValueError as err:
                         raise ValueError(f"{where} on model {model.name!r}: {err}") from None
+
+
+def _check_types(hyper: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    """A hyper-parameter given as a string where the default is a number (or the like) is a typo, not a setting."""
+    for key, value in hyper.items():
+        default = defaults[key]
+        if default is None or value is None:
+            continue
+        numeric = (int, float)
+        ok = isinstance(value, bool) == isinstance(default, bool) and (
+            isinstance(value, numeric) if isinstance(default, numeric) else isinstance(value, type(default))
+        )
+        if not ok:
+            raise ValueError(f"{key} = {value!r} should be a {type(default).__name__} like its default {default!r}")
 
 
 def _pick(entries, names: list[str], what: str, source: str):
