@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from harness_helpers import TEST_SAMPLERS  # tests/ is on sys.path (pytest prepend import mode)
 
 from bench.cli import main
@@ -86,7 +87,11 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     """The tiny suite run once through the CLI (report included): (suite file, run directory)."""
     root = tmp_path_factory.mktemp("tiny")
     suite = write(root / "tiny.toml", TINY)
-    assert main(["run", str(suite), "--out", str(root / "run")]) == 0
+    threads = torch.get_num_threads()
+    try:  # one thread: tiny batches run faster without the thread pool's start-up (and the records do not change)
+        assert main(["run", str(suite), "--out", str(root / "run"), "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return suite, root / "run"
 
 
