@@ -1,23 +1,69 @@
 """Sample-quality metrics. Entry point: `compute_metrics(model, samples, names)` -> {metric name: value}.
 
-Analytic models (Gaussian mixtures) get exact metrics against the true distribution:
+Reference-based metrics (FD, KD, precision/recall) go through torch-fidelity in the feature space their name picks
+(bench.fidelity): `fid`, `kid`, `kid_std`, `precision`, `recall` in Inception-v3 features (natural images);
+`fd_digits`, `kd_digits`, `kd_digits_std`, `precision_digits`, `recall_digits` in the shipped digits classifier's
+features (likewise `*_mnist5k`); `fd_data`, `kd_data`, ... on the raw coordinates of low-dimensional samples.
+
+Analytic models (Gaussian mixtures) also get exact metrics against the true distribution p:
 - `fd_exact`: Frechet distance between the samples' mean/covariance and the mixture's exact moments;
 - `weight_tv`: total-variation distance between the true mixture weights and the samples' mean responsibilities
-  (mode coverage; 0 in expectation for exact samples).
+  (mode coverage; 0 in expectation for exact samples);
+- `mmd2_exact`: unbiased estimate of the squared MMD between the samples' law q and p, Gaussian kernel
+  k(x, y) = exp(-|x - y|^2 / (2 l^2)) with l^2 = tr Cov_p (the median heuristic in expectation). The p-terms are
+  exact: E_y~p k(x, y) = (2 pi l^2)^(d/2) p_l(x), with p_l the mixture perturbed by noise l (its exact log_prob), and
+  E_x,y~p k = sum_jk w_j w_k (2 pi l^2)^(d/2) N(mu_j; mu_k, C_j + C_k + l^2 I); only the q-q term is a U-statistic.
+  A divergence (0 iff q = p, the kernel is characteristic) whose estimate is unbiased: it averages to 0 for exact
+  samples at any n and is positive for any mis-weighted or mis-shaped mixture;
+- `logp_gap`: E_p[log p] - mean_i log p(x_i), the mean exact log-density gap (E_p[log p] by Monte Carlo on 5 x 10^4
+  fixed-seed exact samples): > 0 when samples sit in lower density than exact ones (e.g. too much noise left),
+  < 0 when they are too concentrated. Not a divergence (a sampler that collapses onto modes can score below 0).
+
+Every result carries `n` (samples evaluated) and, for reference-based metrics, `n_ref`. FD is biased upwards at small
+n (read it with KD, which is unbiased); `bootstrap=B` adds `<name>_lo` / `<name>_hi`, a 95% interval over B random
+halves of the generated set (bench.fidelity.half_sample_interval says why halves rather than resampling with
+replacement).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import linalg
 from torch import Tensor
 
-__all__ = ["frechet_distance", "exact_metrics", "default_metrics", "compute_metrics", "METRICS_BY_KIND"]
+from .fidelity import (
+    FEATURE_SETS,
+    FIDELITY_METRICS,
+    fidelity_metrics,
+    half_sample_interval,
+    half_samples,
+    make_reference,
+)
 
-METRICS_BY_KIND = {"analytic": ("fd_exact", "weight_tv")}
+__all__ = [
+    "frechet_distance",
+    "exact_metrics",
+    "default_metrics",
+    "compute_metrics",
+    "EXACT_METRICS",
+    "METRICS_BY_KIND",
+    "METRIC_NAMES",
+]
+
+EXACT_METRICS = ("fd_exact", "weight_tv", "mmd2_exact", "logp_gap")
+METRICS_BY_KIND = {
+    "analytic": EXACT_METRICS + FEATURE_SETS["data"].metric_names,
+    **{fs.name: fs.metric_names for fs in FEATURE_SETS.values() if fs.name != "data"},
+}
+METRIC_NAMES = EXACT_METRICS + tuple(FIDELITY_METRICS)
+REFERENCE_SEED = 20_240_601  # exact reference samples of analytic models (independent of sampler seeds)
+ENTROPY_SAMPLES = 50_000
 
 
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
@@ -30,32 +76,167 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
 
 
-def exact_metrics(mixture, x: Tensor) -> dict[str, float]:
-    """Exact metrics of samples x [n, d] against a GaussianMixture."""
+# --- exact metrics of analytic models ---------------------------------------------------------------------------------
+_CONSTANTS: dict[bytes, tuple[float, float, float]] = {}
+
+
+def _mixture_constants(mixture) -> tuple[float, float, float]:
+    """(kernel bandwidth^2, E_{x,y~p} k(x, y), E_p[log p]) of a mixture, computed once per mixture (by value)."""
+    key = hashlib.sha256(b"".join(t.numpy().tobytes() for t in (mixture.weights, mixture.means, mixture.covs)))
+    if key.digest() not in _CONSTANTS:
+        _CONSTANTS[key.digest()] = _compute_constants(mixture)
+    return _CONSTANTS[key.digest()]
+
+
+def _compute_constants(mixture) -> tuple[float, float, float]:
+    d = mixture.dim
+    ell2 = float(torch.trace(mixture.cov()))
+    log_norm = 0.5 * d * math.log(2 * math.pi * ell2)
+    k = mixture.n_components
+    cov = mixture.covs[:, None] + mixture.covs[None, :] + ell2 * torch.eye(d, dtype=torch.float64)  # [j, k, d, d]
+    gauss = torch.distributions.MultivariateNormal(mixture.means[None].expand(k, k, d), covariance_matrix=cov)
+    log_pp = gauss.log_prob(mixture.means[:, None].expand(k, k, d)) + log_norm
+    kernel_pp = float((mixture.weights[:, None] * mixture.weights[None, :] * log_pp.exp()).sum())
+    x, _ = mixture.sample(ENTROPY_SAMPLES, torch.Generator().manual_seed(REFERENCE_SEED + 1))
+    mean_log_p = float(torch.cat([mixture.log_prob(c) for c in x.split(10_000)]).mean())
+    return ell2, kernel_pp, mean_log_p
+
+
+def _kernel_qq(x: Tensor, ell2: float, chunk: int = 2048) -> float:
+    """Mean of k(x_i, x_j) over pairs i != j (a U-statistic)."""
+    n, total = len(x), 0.0
+    for xc in x.split(chunk):
+        total += float(torch.exp(-torch.cdist(xc, x).square() / (2 * ell2)).sum())
+    return (total - n) / (n * (n - 1))  # k(x_i, x_i) = 1
+
+
+def exact_metrics(mixture, x: Tensor, names: Sequence[str] = EXACT_METRICS) -> dict[str, float]:
+    """Exact metrics (see the module docstring) of samples x [n, d] against a GaussianMixture."""
     x = x.detach().to("cpu", torch.float64).reshape(x.shape[0], -1)
-    sample_mean, sample_cov = x.mean(0).numpy(), np.cov(x.numpy(), rowvar=False)
-    fd = frechet_distance(sample_mean, sample_cov, mixture.mean().numpy(), mixture.cov().numpy())
-    resp = mixture.responsibilities(x).mean(0)
-    return {"fd_exact": fd, "weight_tv": float(0.5 * (resp - mixture.weights).abs().sum())}
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("samples contain NaN or infinite values; no metric is defined for them")
+    if len(x) < 2:
+        raise ValueError(f"exact metrics need at least 2 samples, got {len(x)}")
+    out = {}
+    if "fd_exact" in names:
+        sample_mean, sample_cov = x.mean(0).numpy(), np.cov(x.numpy(), rowvar=False)
+        out["fd_exact"] = frechet_distance(sample_mean, sample_cov, mixture.mean().numpy(), mixture.cov().numpy())
+    if "weight_tv" in names:
+        resp = mixture.responsibilities(x).mean(0)
+        out["weight_tv"] = float(0.5 * (resp - mixture.weights).abs().sum())
+    if "mmd2_exact" in names or "logp_gap" in names:
+        ell2, kernel_pp, mean_log_p = _mixture_constants(mixture)
+        if "mmd2_exact" in names:
+            log_norm = 0.5 * mixture.dim * math.log(2 * math.pi * ell2)
+            kernel_qp = float(torch.exp(mixture.log_prob(x, math.sqrt(ell2)) + log_norm).mean())
+            out["mmd2_exact"] = _kernel_qq(x, ell2) - 2 * kernel_qp + kernel_pp
+        if "logp_gap" in names:
+            out["logp_gap"] = mean_log_p - float(mixture.log_prob(x).mean())
+    return {k: out[k] for k in names if k in out}
 
 
+def _bootstrap_exact(mixture, x: Tensor, point: dict, names: Sequence[str], n_boot: int, seed: int) -> dict:
+    reps: dict[str, list[float]] = {name: [] for name in names}
+    for idx in half_samples(len(x), n_boot, seed):
+        for name, value in exact_metrics(mixture, x[idx], names).items():
+            reps[name].append(value)
+    return half_sample_interval(point, reps)
+
+
+# --- entry points ----------------------------------------------------------------------------------------------------
 def default_metrics(model) -> tuple[str, ...]:
-    """The metrics a model gets when a suite names none."""
+    """The metrics a model gets when a suite names none: exact + data-space ones for analytic models, the shipped
+    classifier's for a shipped dataset, Inception ones (FID) for other image models."""
     if hasattr(model, "mixture"):
         return METRICS_BY_KIND["analytic"]
+    dataset = getattr(model, "dataset", None)
+    if dataset in METRICS_BY_KIND:
+        return METRICS_BY_KIND[dataset]
+    if len(getattr(model, "shape", ())) == 3:
+        return METRICS_BY_KIND["inception"]
     return ()
 
 
-def compute_metrics(model, samples: Tensor, names: Sequence[str] | None = None) -> dict[str, float]:
-    """Every requested metric (default: `default_metrics(model)`) of `samples` drawn from `model`."""
+def _reference(model, feature_set: str, reference, n: int):
+    """The reference set of a feature set: the user's, else exact mixture samples (n of them, a fixed seed) for
+    raw-coordinate metrics of an analytic model, else the training split of the model's shipped dataset."""
+    data_range = tuple(getattr(model, "data_range", (-1.0, 1.0)))
+    if reference is not None:
+        return make_reference(reference, data_range=data_range)
+    if feature_set == "data" and hasattr(model, "mixture"):
+        x, _ = model.mixture.sample(n, torch.Generator().manual_seed(REFERENCE_SEED))
+        return make_reference(x, label=f"{model.name or 'mixture'}-exact")
+    dataset = getattr(model, "dataset", None)
+    from .data import DATASETS, load_dataset
+
+    if dataset in DATASETS and feature_set != "data":
+        return make_reference(load_dataset(dataset).train, label=dataset)
+    name = getattr(model, "name", "") or type(model).__name__
+    raise ValueError(
+        f"model {name!r} has no shipped reference data for {feature_set} metrics: pass reference=PATH "
+        "(command line: --reference PATH), a folder of .png/.jpg images or an .npz of uint8 images [N, H, W, C]"
+    )
+
+
+def compute_metrics(
+    model,
+    samples: Tensor,
+    names: Sequence[str] | None = None,
+    *,
+    reference: Tensor | str | Path | None = None,
+    device: str | torch.device = "cpu",
+    inception_weights: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    bootstrap: int = 0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Every requested metric (default: `default_metrics(model)`) of `samples` [n, *model.shape] drawn from `model`.
+
+    reference: the real data for FD/KD/precision/recall (a tensor, a folder of images or an .npz of uint8 images);
+        default: the model's shipped dataset (training split), or exact samples for an analytic model.
+    device: where feature extractors run ("cuda" for Inception on a GPU).
+    inception_weights: torch-fidelity's Inception-v3 weights file for fid/kid/precision/recall (default: torch's hub
+        cache, else downloaded).
+    cache_dir: reference statistics cache (default: $SCOREBENCH_CACHE or ~/.cache/scorebench).
+    bootstrap: B > 0 adds `<name>_lo` / `<name>_hi`: a 95% interval from B random halves of the samples.
+    Returns {name: value} for every requested name, plus `n` and (reference-based metrics) `n_ref`.
+    """
     names = tuple(default_metrics(model) if names is None else names)
-    values: dict[str, float] = {}
-    exact = [n for n in names if n in METRICS_BY_KIND["analytic"]]
+    unknown = [n for n in names if n not in METRIC_NAMES]
+    if unknown:
+        raise ValueError(f"unknown metric {', '.join(map(repr, unknown))}; known: {', '.join(METRIC_NAMES)}")
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be >= 0, got {bootstrap}")
+    values: dict[str, float] = {"n": float(len(samples))}
+
+    exact = [n for n in names if n in EXACT_METRICS]
     if exact:
         if not hasattr(model, "mixture"):
             raise ValueError(f"metrics {', '.join(exact)} need an analytic model; {model.name!r} is not one")
-        values.update({k: v for k, v in exact_metrics(model.mixture, samples).items() if k in exact})
-    unknown = [n for n in names if n not in values]
-    if unknown:
-        raise ValueError(f"unknown metric {', '.join(map(repr, unknown))}")
-    return values
+        values.update(exact_metrics(model.mixture, samples, exact))
+        if bootstrap:
+            x = samples.detach().to("cpu", torch.float64).reshape(len(samples), -1)
+            values.update(_bootstrap_exact(model.mixture, x, values, exact, bootstrap, seed))
+
+    by_set: dict[str, list[str]] = {}
+    for name in names:
+        if name in FIDELITY_METRICS:
+            feature_set, stat = FIDELITY_METRICS[name]
+            by_set.setdefault(feature_set, []).append(stat)
+    for feature_set, stats in by_set.items():
+        ref = _reference(model, feature_set, reference, len(samples))
+        values.update(
+            fidelity_metrics(
+                samples,
+                ref,
+                feature_set,
+                stats,
+                data_range=tuple(getattr(model, "data_range", (-1.0, 1.0))),
+                device=device,
+                inception_weights=inception_weights,
+                cache_dir=cache_dir,
+                bootstrap=bootstrap,
+                seed=seed,
+            )
+        )
+    return {k: values[k] for k in ("n", *names, *sorted(set(values) - {"n", *names}))}

@@ -82,6 +82,7 @@ class CountingDenoiser(Denoiser):
             sigma_min=inner.sigma_min,
             sigma_max=inner.sigma_max,
             name=inner.name,
+            dataset=inner.dataset,
         )
         self.inner = inner
         self.calls = 0
