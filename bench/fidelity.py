@@ -407,8 +407,9 @@ def fidelity_metrics(
 def _bootstrap(fs: FeatureSet, stats: tuple[str, ...], opts: dict, values: dict, n_boot: int, seed: int) -> dict:
     """Half-sample intervals (see `half_sample_interval`) for the metrics of one feature set.
 
-    Features are extracted once (the reference's from the cache) and each replicate reuses torch-fidelity's own
-    statistics on a random half of the generated features; KD replicates average BOOTSTRAP_KID_SUBSETS subsets.
+    calculate_metrics does not hand out features, so the generated ones are extracted once more here (the
+    reference's come from the cache); each replicate applies torch-fidelity's own statistics to a random half of the
+    generated features. KD replicates average BOOTSTRAP_KID_SUBSETS subsets (the point estimate: 100).
     """
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
