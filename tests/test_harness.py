@@ -17,6 +17,7 @@ from harness_helpers import TEST_SAMPLERS  # tests/ is on sys.path (pytest prepe
 
 from bench.cli import main
 from bench.distributed import batch_shard
+from bench.metrics import DEFAULT_METRICS
 from bench.runner import read_records
 from bench.suite import load_suite, shipped_suites
 from samplers import SAMPLERS
@@ -156,7 +157,8 @@ def test_run_writes_records_tables_and_plots(tiny_run):
         assert 0 < r["nfe"] <= r["nfe_budget"]
         if r["sampler"] != "rk45":  # fixed-step samplers: the measured NFE is the declared formula
             assert r["nfe"] == r["declared_nfe"]
-        assert set(r["metrics"]) == {"fd_exact", "weight_tv"} and all(np.isfinite(list(r["metrics"].values())))
+        assert set(r["metrics"]) == {"n", "n_ref", *DEFAULT_METRICS["analytic"]} and r["metrics"]["n"] == 48
+        assert all(np.isfinite(list(r["metrics"].values())))
         assert r["wall_s"] > 0 and r["ms_per_sample"] == pytest.approx(1000 * r["wall_s"] / 48)
         assert r["peak_mem_mb"] > 0
         assert (run / r["samples_file"]).exists()
@@ -169,7 +171,7 @@ def test_run_writes_records_tables_and_plots(tiny_run):
         assert fd[(model, "kar1", 20)] < fd[(model, "kar1", 10)]
 
     suite = json.loads((run / "suite.json").read_text())
-    assert [m["metrics"] for m in suite["models"]] == [["fd_exact", "weight_tv"]] * 2
+    assert [m["metrics"] for m in suite["models"]] == [list(DEFAULT_METRICS["analytic"])] * 2
     env = json.loads((run / "env.json").read_text())
     assert env[0]["device"] == "cpu" and env[0]["versions"]["torch"]
 
@@ -179,7 +181,7 @@ def test_run_writes_records_tables_and_plots(tiny_run):
     assert len(table) == 14 and {"fd_exact", "weight_tv", "nfe", "ms_per_sample"} <= set(table.columns)
     best = pd.read_csv(run / "tables" / "best.csv")
     # per model and metric, one row per budget that some sampler ran: 10, 20, 45
-    assert len(best) == 2 * 2 * 3
+    assert len(best) == 2 * len(DEFAULT_METRICS["analytic"]) * 3
     row = best[(best["model"] == "vp") & (best["metric"] == "fd_exact") & (best["nfe_budget"] == 10)].iloc[0]
     assert row["value"] == min(fd[("vp", s, 10)] for s in ("kar1", "pc", "ddim-eta1"))
     per_model = pd.read_csv(run / "tables" / "vp.csv")
