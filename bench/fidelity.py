@@ -2,12 +2,12 @@
 
 A `FeatureSet` names the feature space and therefore the metric names:
 
-| feature set | torch-fidelity extractor               | metrics                                                  |
-|-------------|----------------------------------------|----------------------------------------------------------|
-| inception   | inception-v3-compat (2048-d pool)      | fid, kid, kid_std, precision, recall                     |
-| digits      | scorebench-digits (shipped classifier) | fd_digits, kd_digits, kd_digits_std, precision_digits, ... |
-| mnist5k     | scorebench-mnist5k (shipped classifier)| fd_mnist5k, kd_mnist5k, kd_mnist5k_std, ...              |
-| data        | scorebench-data (the raw coordinates)  | fd_data, kd_data, kd_data_std, precision_data, recall_data |
+| feature set | torch-fidelity extractor                | metrics                                                    |
+|-------------|-----------------------------------------|------------------------------------------------------------|
+| inception   | inception-v3-compat (2048-d pool)       | fid, kid, kid_std, precision, recall                       |
+| digits      | scorebench-digits (shipped classifier)  | fd_digits, kd_digits, kd_digits_std, precision_digits, ... |
+| mnist5k     | scorebench-mnist5k (shipped classifier) | fd_mnist5k, kd_mnist5k, kd_mnist5k_std, ...                |
+| data        | scorebench-data (the raw coordinates)   | fd_data, kd_data, kd_data_std, precision_data, recall_data |
 
 Images reach torch-fidelity as uint8 [N, C, H, W] tensors, quantised from the model's data range and clamped (the
 transform users' image files went through); gray is replicated to 3 channels for Inception. The reference set's
@@ -41,6 +41,7 @@ __all__ = [
     "fidelity_metrics",
     "resolve_inception_weights",
     "default_cache_dir",
+    "register_extractors",
 ]
 
 STATS = ("fd", "kd", "kd_std", "precision", "recall")
@@ -91,7 +92,10 @@ def default_cache_dir() -> Path:
 
 
 # --- torch-fidelity feature extractors --------------------------------------------------------------------------------
-def _register_extractors() -> None:
+@cache
+def register_extractors() -> None:
+    """Register the project's feature extractors with torch-fidelity (once; torch-fidelity imports in ~2 s, so not
+    at module import)."""
     from torch_fidelity import register_feature_extractor
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
@@ -156,9 +160,6 @@ def _register_extractors() -> None:
     for fs in FEATURE_SETS.values():
         if fs.extractor.startswith("scorebench-") and fs.extractor not in FEATURE_EXTRACTORS_REGISTRY:
             register_feature_extractor(fs.extractor, DataFeatures if fs.name == "data" else ClassifierFeatures)
-
-
-_register_extractors()
 
 
 # --- inputs ----------------------------------------------------------------------------------------------------------
@@ -352,6 +353,7 @@ def fidelity_metrics(
     bootstrap=B > 0, also `<name>_lo` / `<name>_hi`: a 95% interval from B random halves of the samples."""
     from torch_fidelity import KEY_METRIC_FID, KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, calculate_metrics
 
+    register_extractors()
     fs = FEATURE_SETS[feature_set]
     stats = tuple(stats)
     if fs.images:

@@ -94,9 +94,10 @@ _CONSTANTS: dict[bytes, tuple[float, float, float]] = {}
 def _mixture_constants(mixture) -> tuple[float, float, float]:
     """(kernel bandwidth^2, E_{x,y~p} k(x, y), E_p[log p]) of a mixture, computed once per mixture (by value)."""
     key = hashlib.sha256(b"".join(t.numpy().tobytes() for t in (mixture.weights, mixture.means, mixture.covs)))
-    if key.digest() not in _CONSTANTS:
-        _CONSTANTS[key.digest()] = _compute_constants(mixture)
-    return _CONSTANTS[key.digest()]
+    key = key.digest()
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = _compute_constants(mixture)
+    return _CONSTANTS[key]
 
 
 def _compute_constants(mixture) -> tuple[float, float, float]:
@@ -113,10 +114,10 @@ def _compute_constants(mixture) -> tuple[float, float, float]:
     return ell2, kernel_pp, mean_log_p
 
 
-def _kernel_qq(x: Tensor, ell2: float, chunk: int = 2048) -> float:
-    """Mean of k(x_i, x_j) over pairs i != j (a U-statistic)."""
+def _kernel_qq(x: Tensor, ell2: float) -> float:
+    """Mean of k(x_i, x_j) over pairs i != j (a U-statistic), in row blocks of at most ~10^7 kernel values."""
     n, total = len(x), 0.0
-    for xc in x.split(chunk):
+    for xc in x.split(max(1, 10_000_000 // n)):
         total += float(torch.exp(-torch.cdist(xc, x).square() / (2 * ell2)).sum())
     return (total - n) / (n * (n - 1))  # k(x_i, x_i) = 1
 
