@@ -34,6 +34,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="CPU threads for torch (default: torch's choice); on a busy machine --threads 1 is often much faster",
     )
+    p.add_argument(
+        "--reference",
+        metavar="PATH",
+        help="reference data for models whose metrics need some and whose suite entry names none (e.g. FID of a "
+        "checkpoint): a folder of .png/.jpg images or an .npz of uint8 images",
+    )
+    p.add_argument(
+        "--inception-weights",
+        metavar="PATH",
+        help="torch-fidelity's Inception-v3 weights file for fid/kid/precision/recall (default: the suite's, else "
+        "torch's hub cache, else downloaded)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        metavar="B",
+        help="add a 95%% interval (<metric>_lo, <metric>_hi) to every metric from B random half-samples "
+        "(default: the suite's, else 0: none)",
+    )
     p.add_argument("--no-report", action="store_true", help="skip the tables and plots at the end")
     p.set_defaults(func=run)
 
@@ -53,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from .suite import load_suite
 
     suite = load_suite(args.suite).select(args.models, args.samplers)
+    suite = suite.with_metric_options(args.reference, args.inception_weights, args.bootstrap)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be a positive integer, got {args.threads}")
@@ -63,10 +83,10 @@ def run(args: argparse.Namespace) -> int:
         out = run_suite(suite, args.out, device=args.device, resume=args.resume, force=args.force)
     except Interrupted as stop:
         again = ["scorebench", "run", args.suite, "--out", str(stop.path), "--resume"]
-        for flag in ("device", "models", "samplers", "threads"):
+        for flag in ("device", "models", "samplers", "threads", "reference", "inception_weights", "bootstrap"):
             value = getattr(args, flag)
             if value is not None:
-                again += [f"--{flag}", ",".join(value) if isinstance(value, list) else str(value)]
+                again += [f"--{flag.replace('_', '-')}", ",".join(value) if isinstance(value, list) else str(value)]
         print(f"{stop}; finish the run with: {shlex.join(again)}", file=sys.stderr)
         return 130
     if out is None:  # not rank 0 of a torchrun

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from .report import lower_is_better
+from .report import is_score, lower_is_better
 from .runner import read_records
 
 __all__ = ["Tolerances", "compare_runs"]
@@ -60,6 +60,8 @@ def compare_runs(run_a: Path, run_b: Path, tol: Tolerances = Tolerances()) -> pd
             continue
         note = "" if ra.get("n") == rb.get("n") else f"n differs ({ra.get('n')} vs {rb.get('n')})"
         for metric, va in ra["metrics"].items():
+            if not is_score(metric):  # sample counts and interval bounds are no quality to regress
+                continue
             vb = rb["metrics"].get(metric)
             if vb is None:
                 row(key, metric, va, None, worse=True, note="metric missing in B")

@@ -44,6 +44,7 @@ from torch import Tensor
 from .fidelity import (
     FEATURE_SETS,
     FIDELITY_METRICS,
+    Reference,
     fidelity_metrics,
     half_sample_interval,
     half_samples,
@@ -55,6 +56,7 @@ __all__ = [
     "exact_metrics",
     "default_metrics",
     "compute_metrics",
+    "needs_reference",
     "EXACT_METRICS",
     "METRICS_BY_KIND",
     "METRIC_NAMES",
@@ -169,20 +171,36 @@ def default_metrics(model) -> tuple[str, ...]:
     return ()
 
 
-def _reference(model, feature_set: str, reference, n: int):
+def _built_in_reference(model, feature_set: str) -> bool:
+    """Whether a feature set's metrics of `model` have reference data without the user's: exact samples (raw
+    coordinates of an analytic model) or the model's shipped dataset (classifier or Inception features)."""
+    from .data import DATASETS
+
+    if feature_set == "data":
+        return hasattr(model, "mixture")
+    return getattr(model, "dataset", None) in DATASETS
+
+
+def needs_reference(model, names: Sequence[str]) -> bool:
+    """Whether some of the metrics `names` of `model` need the user's reference data (e.g. FID of a checkpoint)."""
+    return any(not _built_in_reference(model, FIDELITY_METRICS[n][0]) for n in names if n in FIDELITY_METRICS)
+
+
+def _reference(model, feature_set: str, reference, n: int) -> Reference:
     """The reference set of a feature set: the user's, else exact mixture samples (n of them, a fixed seed) for
     raw-coordinate metrics of an analytic model, else the training split of the model's shipped dataset."""
     data_range = tuple(getattr(model, "data_range", (-1.0, 1.0)))
+    if isinstance(reference, Reference):
+        return reference
     if reference is not None:
         return make_reference(reference, data_range=data_range)
-    if feature_set == "data" and hasattr(model, "mixture"):
-        x, _ = model.mixture.sample(n, torch.Generator().manual_seed(REFERENCE_SEED))
-        return make_reference(x, label=f"{model.name or 'mixture'}-exact")
-    dataset = getattr(model, "dataset", None)
-    from .data import DATASETS, load_dataset
+    if _built_in_reference(model, feature_set):
+        if feature_set == "data":
+            x, _ = model.mixture.sample(n, torch.Generator().manual_seed(REFERENCE_SEED))
+            return make_reference(x, label=f"{model.name or 'mixture'}-exact")
+        from .data import load_dataset
 
-    if dataset in DATASETS and feature_set != "data":
-        return make_reference(load_dataset(dataset).train, label=dataset)
+        return make_reference(load_dataset(model.dataset).train, label=model.dataset)
     name = getattr(model, "name", "") or type(model).__name__
     raise ValueError(
         f"model {name!r} has no shipped reference data for {feature_set} metrics: pass reference=PATH "
@@ -195,7 +213,7 @@ def compute_metrics(
     samples: Tensor,
     names: Sequence[str] | None = None,
     *,
-    reference: Tensor | str | Path | None = None,
+    reference: Reference | Tensor | str | Path | None = None,
     device: str | torch.device = "cpu",
     inception_weights: str | Path | None = None,
     cache_dir: str | Path | None = None,
@@ -204,7 +222,8 @@ def compute_metrics(
 ) -> dict[str, float]:
     """Every requested metric (default: `default_metrics(model)`) of `samples` [n, *model.shape] drawn from `model`.
 
-    reference: the real data for FD/KD/precision/recall (a tensor, a folder of images or an .npz of uint8 images);
+    reference: the real data for FD/KD/precision/recall (a tensor, a folder of images, an .npz of uint8 images, or
+        a `make_reference` made once for many calls);
         default: the model's shipped dataset (training split), or exact samples for an analytic model.
     device: where feature extractors run ("cuda" for Inception on a GPU).
     inception_weights: torch-fidelity's Inception-v3 weights file for fid/kid/precision/recall (default: torch's hub

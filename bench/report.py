@@ -2,11 +2,12 @@
 
 Written into the run directory:
 - `tables/records.csv`: every record, one row per cell, metrics and sampler accounting as columns;
-- `tables/<model>.csv`, `.md`: every metric against measured NFE, one row per sampler, one column per NFE budget;
+- `tables/<model>.csv`, `.md`: every metric against measured NFE, one row per sampler, one column per NFE budget
+  (with its 95% interval `[lo, hi]` when the run had `bootstrap`);
 - `tables/best.csv`, `.md`: the best sampler per model, metric and NFE budget;
 - `plots/<model>-nfe.png`: each metric against measured NFE (log axis), one line per sampler, DLG variants dashed in
-  the colour of the integrator they hand off to; `plots/<model>-pareto.png`: the first metric against ms per sample
-  with its Pareto front;
+  the colour of the integrator they hand off to, intervals as error bars; `plots/<model>-pareto.png`: the first
+  metric against ms per sample with its Pareto front;
 - `grids/<model>.png`: the kept samples of each sampler (rows) at each budget (columns): image grids, or scatters of
   vector data over exact samples of the model when it has them;
 - `report.md`: all of the above on one page.
@@ -25,15 +26,32 @@ from matplotlib.figure import Figure
 
 from .runner import read_records, slug
 
-__all__ = ["records_frame", "metric_table", "best_table", "write_report", "lower_is_better"]
+__all__ = ["records_frame", "metric_table", "best_table", "write_report", "lower_is_better", "is_score"]
 
 DLG_PREFIX = "dlg+"
 # metrics where larger is better; every other metric (FID, KID, FD, TV distances...) is a distance
 HIGHER_IS_BETTER_PREFIXES = ("precision", "recall", "density", "coverage", "isc", "inception_score")
 
 
+# keys of a record's metrics that are not scores: sample counts, and the interval bounds <name>_lo / <name>_hi
+COUNT_KEYS = ("n", "n_ref")
+INTERVAL_SUFFIXES = ("_lo", "_hi")
+
+
 def lower_is_better(metric: str) -> bool:
     return not metric.startswith(HIGHER_IS_BETTER_PREFIXES)
+
+
+def is_score(key: str) -> bool:
+    """Whether a key of a record's metrics is a metric value (not a sample count or an interval bound)."""
+    return key not in COUNT_KEYS and not key.endswith(INTERVAL_SUFFIXES)
+
+
+def _interval(r: pd.Series | dict, metric: str) -> tuple[float, float] | None:
+    lo, hi = r.get(f"{metric}_lo"), r.get(f"{metric}_hi")
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return None
+    return float(lo), float(hi)
 
 
 # --- tables -----------------------------------------------------------------------------------------------------
@@ -58,8 +76,8 @@ def _fmt(value: float) -> str:
 
 
 def metric_table(frame: pd.DataFrame, model: str, metric: str, order: list[str] | None = None) -> pd.DataFrame:
-    """Rows: samplers (in `order`, default suite order); columns: NFE budgets; cells: 'value @measured NFE', or the
-    status of a cell that did not finish ok."""
+    """Rows: samplers (in `order`, default suite order); columns: NFE budgets; cells: 'value @measured NFE' (with
+    '[lo, hi]', its interval, when there is one), or the status of a cell that did not finish ok."""
     df = frame[frame["model"] == model]
     order = [s for s in order or df["sampler"] if s in set(df["sampler"])]
     order = list(dict.fromkeys(order))
@@ -68,7 +86,11 @@ def metric_table(frame: pd.DataFrame, model: str, metric: str, order: list[str] 
         if r["status"] != "ok":
             return r["status"]
         value = r.get(metric)
-        return f"{_fmt(value)} @{r['nfe']:.3g}" if value is not None and not pd.isna(value) else "-"
+        if value is None or pd.isna(value):
+            return "-"
+        interval = _interval(r, metric)
+        shown = _fmt(value) if interval is None else f"{_fmt(value)} [{_fmt(interval[0])}, {_fmt(interval[1])}]"
+        return f"{shown} @{r['nfe']:.3g}"
 
     shown = df.assign(cell=df.apply(cell, axis=1))
     table = shown.pivot(index="sampler", columns="nfe_budget", values="cell").reindex(order)
@@ -178,7 +200,14 @@ def plot_nfe(frame: pd.DataFrame, model: str, metrics: list[str], styles, order,
     for ax, metric in zip(axes, metrics, strict=True):
         for s in order:
             d = df[df["sampler"] == s].dropna(subset=[metric]).sort_values("nfe")
-            if not d.empty:
+            if d.empty:
+                continue
+            bounds = [_interval(r, metric) for _, r in d.iterrows()]
+            if any(b is not None for b in bounds):  # error bars from the interval; none where a cell lacks one
+                below = [max(0.0, v - b[0]) if b else 0.0 for v, b in zip(d[metric], bounds, strict=True)]
+                above = [max(0.0, b[1] - v) if b else 0.0 for v, b in zip(d[metric], bounds, strict=True)]
+                ax.errorbar(d["nfe"], d[metric], yerr=[below, above], capsize=2, label=s, **styles[s])
+            else:
                 ax.plot(d["nfe"], d[metric], label=s, **styles[s])
         _log_x(ax)
         _log_if_positive(ax, df[metric].dropna())
@@ -358,11 +387,8 @@ def write_report(run_dir: Path | str) -> Path:
             lines += [f"![{model}: metrics vs NFE](plots/{name}-nfe.png)", ""]
         sections = []
         long = frame[frame["model"] == model]
-        cols = [
-            c
-            for c in ("sampler", "nfe_budget", "nfe", "status", *metrics[model], "ms_per_sample", "wall_s")
-            if c in long
-        ]
+        values = [c for m in metrics[model] for c in (m, *(m + s for s in INTERVAL_SUFFIXES))]
+        cols = [c for c in ("sampler", "nfe_budget", "nfe", "status", *values, "ms_per_sample", "wall_s") if c in long]
         long[cols].to_csv(run_dir / "tables" / f"{name}.csv", index=False)
         for metric in metrics[model]:
             if metric in frame:
@@ -390,7 +416,7 @@ def write_report(run_dir: Path | str) -> Path:
 
 
 def _metric_columns(frame: pd.DataFrame, records: list[dict[str, Any]], model: str) -> list[str]:
-    names = [k for r in records if r["model"] == model for k in (r.get("metrics") or {})]
+    names = [k for r in records if r["model"] == model for k in (r.get("metrics") or {}) if is_score(k)]
     return list(dict.fromkeys(names))
 
 

@@ -34,7 +34,16 @@ from tqdm import tqdm
 from .distributed import Ranks
 from .suite import KEEP_SAMPLES_2D, Cell, Suite
 
-__all__ = ["Interrupted", "RunDir", "load_models", "resolve_metrics", "run_suite", "run_cell", "read_records"]
+__all__ = [
+    "Interrupted",
+    "RunDir",
+    "load_models",
+    "resolve_metrics",
+    "resolve_references",
+    "run_suite",
+    "run_cell",
+    "read_records",
+]
 
 RECORDS = "records.jsonl"
 # everything `scorebench run` writes into a run directory: what --force removes, and nothing else
@@ -84,6 +93,50 @@ def resolve_metrics(suite: Suite, models: dict[str, torch.nn.Module]) -> dict[st
             if known[name] == "analytic" and not hasattr(model, "mixture"):
                 raise ValueError(f"{suite.source}: metric {name!r} needs an analytic model; {entry.spec!r} is not one")
         out[entry.name] = names
+    return out
+
+
+def resolve_references(
+    suite: Suite, models: dict[str, torch.nn.Module], metrics: dict[str, tuple[str, ...]]
+) -> dict[str, str | None]:
+    """The reference data (a path) of every model's metrics: its own, else the suite's (`--reference`) when its
+    metrics need one, else None (built in); ValueError for a model whose metrics need one and have none."""
+    from .metrics import needs_reference
+
+    out = {}
+    for entry in suite.models:
+        reference = entry.reference
+        if reference is None and needs_reference(models[entry.name], metrics[entry.name]):
+            if suite.reference is None:
+                raise ValueError(
+                    f"{suite.source}: [[models]] {entry.spec!r}: its metrics ({', '.join(metrics[entry.name])}) need "
+                    "reference data: set its reference = PATH (a folder of images or an .npz of uint8 images) or "
+                    "pass --reference PATH"
+                )
+            reference = suite.reference
+        out[entry.name] = reference
+    return out
+
+
+def metric_inputs(
+    suite: Suite, models: dict[str, torch.nn.Module], metrics: dict[str, tuple[str, ...]], references
+) -> dict[str, dict[str, Any]]:
+    """Per model, compute_metrics' reference (read and hashed once for the whole sweep) and Inception weights
+    (found, or downloaded, now): a bad file or unreachable weights is one ValueError before any work."""
+    from .fidelity import FIDELITY_METRICS, make_reference, resolve_inception_weights
+
+    out: dict[str, dict[str, Any]] = {}
+    for entry in suite.models:
+        model, where = models[entry.name], f"{suite.source}: [[models]] {entry.spec!r}"
+        inputs: dict[str, Any] = {"reference": None, "inception_weights": None}
+        try:
+            if references[entry.name] is not None:
+                inputs["reference"] = make_reference(references[entry.name], data_range=tuple(model.data_range))
+            if any(FIDELITY_METRICS[n][0] == "inception" for n in metrics[entry.name] if n in FIDELITY_METRICS):
+                inputs["inception_weights"] = resolve_inception_weights(suite.inception_weights)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        out[entry.name] = inputs
     return out
 
 
@@ -303,8 +356,12 @@ def run_cell(
     metric_names: tuple[str, ...],
     ranks: Ranks,
     save_samples: Callable[[Cell, np.ndarray], str] | None = None,
+    metric_inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Sample one cell on every rank, gather on rank 0 and return its record there (None on other ranks).
+
+    The metrics run on rank 0's device, with the suite's bootstrap and seed and `metric_inputs` (reference,
+    inception_weights: bench.metrics.compute_metrics' arguments).
 
     Any exception in sampling or metrics becomes an `error` record and NaN/inf samples a `diverged` one, so that the
     sweep goes on; KeyboardInterrupt still stops the run.
@@ -385,7 +442,15 @@ def run_cell(
         return record
     start = time.perf_counter()
     try:
-        record["metrics"] = compute_metrics(model, x, metric_names)
+        record["metrics"] = compute_metrics(
+            model,
+            x,
+            metric_names,
+            device=ranks.device,
+            bootstrap=suite.bootstrap,
+            seed=suite.seed,
+            **(metric_inputs or {}),
+        )
     except Exception as err:
         record.update(status="error", error=f"metrics: {_error_message(err)}")
     record["metrics_s"] = time.perf_counter() - start
@@ -399,14 +464,18 @@ def run_cell(
 # --- the sweep --------------------------------------------------------------------------------------------------
 
 
-def resolved_suite(suite: Suite, metrics: dict[str, tuple[str, ...]], device: torch.device, models) -> dict[str, Any]:
+def resolved_suite(
+    suite: Suite, metrics: dict[str, tuple[str, ...]], references: dict[str, str | None], device: torch.device, models
+) -> dict[str, Any]:
     """The suite as it runs: every default filled in; a resumed run must resolve to the same."""
     out = suite.to_dict()
     out.pop("source")
+    out.pop("reference")  # it lands in the models that use it
     out["device"] = device.type
     for entry in out["models"]:
         model = models[entry["name"]]
         entry["metrics"] = list(metrics[entry["name"]])
+        entry["reference"] = references[entry["name"]]
         entry["process"] = model.process
         entry["shape"] = list(model.shape)
         entry["data_range"] = list(model.data_range)
@@ -430,12 +499,16 @@ def run_suite(
         check_sharding(suite, ranks.world)
         models = load_models(suite, ranks.device)
         metrics = resolve_metrics(suite, models)
-        resolved = resolved_suite(suite, metrics, ranks.device, models)
+        references = resolve_references(suite, models, metrics)
+        resolved = resolved_suite(suite, metrics, references, ranks.device, models)
 
-        # rank 0 owns the run directory; the others learn the directory and the cells already done, or the error
+        # rank 0 computes the metrics and owns the run directory; the others learn the directory and the cells
+        # already done, or the error
         plan: dict[str, Any] = {}
+        inputs: dict[str, dict[str, Any]] = {}
         if ranks.main:
             try:
+                inputs = metric_inputs(suite, models, metrics, references)
                 if out is None:
                     out = _latest_run(suite) if resume else default_out_dir(suite)
                 run = RunDir.prepare(out, resolved, Path(suite.source).read_text(), resume, force)
@@ -465,7 +538,8 @@ def run_suite(
             for cell in todo:
                 bar.set_postfix_str(f"{cell.model.name} {cell.sampler.name} @{cell.budget}", refresh=True)
                 save = run.save_samples if ranks.main else None
-                record = run_cell(cell, models[cell.model.name], suite, metrics[cell.model.name], ranks, save)
+                name = cell.model.name
+                record = run_cell(cell, models[name], suite, metrics[name], ranks, save, inputs.get(name))
                 if record is not None:
                     record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
                     run.append(record)

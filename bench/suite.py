@@ -12,10 +12,16 @@ batch_size = 500          # also the unit of sharding across torchrun processes
 budgets = [10, 20, 50]    # NFE budgets; each cell gets the largest step count whose NFE fits
 device = "cpu"            # `scorebench run --device` overrides it
 keep_samples = 64         # samples saved per cell for the report's grids (2-d models keep up to 1000)
+bootstrap = 0             # B > 0: every metric also gets a 95% interval (<name>_lo, <name>_hi) from B half-samples
+inception_weights = "weights-inception-2015-12-05-6726825d.pth"   # for fid/kid/precision/recall (default: torch's
+                          # hub cache, else downloaded); `scorebench run --inception-weights` overrides it
+reference = "train.npz"   # the reference data of models whose metrics need some and name none (`--reference`)
 
 [[models]]
 spec = "gmm-2d-ve"        # a built-in name, diffusers:PATH or a native checkpoint directory
 # name, n_samples, batch_size, budgets, metrics (default: the model's default metrics) override per model
+reference = "images/"     # its metrics' real data: a folder of .png/.jpg images or an .npz of uint8 images (default:
+                          # the model's shipped dataset, or exact samples of an analytic model)
 
 [samplers.kar1]           # a registered sampler with its defaults
 [samplers.kar2]
@@ -27,6 +33,8 @@ sampler = "ddim"          # a second entry of one sampler under its own name
 eta = 1.0
 # budgets, schedule and models (the model names it runs on) are the other reserved keys of a sampler table
 ```
+Relative paths (reference, inception_weights) are read from the suite file's directory; every path must exist when
+the run starts.
 """
 
 from __future__ import annotations
@@ -45,8 +53,20 @@ DEFAULT_BATCH_SIZE = 500
 DEFAULT_KEEP_SAMPLES = 64
 KEEP_SAMPLES_2D = 1000  # scatter plots of 2-d models need more points than an image grid, and they are tiny
 
-_SUITE_KEYS = ("name", "description", "seed", "n_samples", "batch_size", "budgets", "device", "keep_samples")
-_MODEL_KEYS = ("spec", "name", "n_samples", "batch_size", "budgets", "metrics")
+_SUITE_KEYS = (
+    "name",
+    "description",
+    "seed",
+    "n_samples",
+    "batch_size",
+    "budgets",
+    "device",
+    "keep_samples",
+    "bootstrap",
+    "inception_weights",
+    "reference",
+)
+_MODEL_KEYS = ("spec", "name", "n_samples", "batch_size", "budgets", "metrics", "reference")
 _SAMPLER_RESERVED = ("sampler", "budgets", "schedule", "models", "per_model")
 
 
@@ -58,6 +78,7 @@ class ModelEntry:
     batch_size: int
     budgets: tuple[int, ...]
     metrics: tuple[str, ...] | None = None  # None: bench.metrics.default_metrics(model)
+    reference: str | None = None  # its metrics' reference data; None: built in, else the suite's reference
 
     @property
     def n_batches(self) -> int:
@@ -107,6 +128,9 @@ class Suite:
     keep_samples: int
     models: tuple[ModelEntry, ...]
     samplers: tuple[SamplerEntry, ...]
+    bootstrap: int = 0  # half-sample replicates behind each metric's 95% interval; 0: none
+    inception_weights: str | None = None  # Inception-v3 weights file; None: torch's hub cache, else downloaded
+    reference: str | None = None  # reference data of the models whose metrics need some and name none
 
     def cells(self) -> list[Cell]:
         """Every (model, sampler, budget) cell, model by model, samplers in suite order, budgets ascending."""
@@ -127,6 +151,27 @@ class Suite:
             out = replace(out, samplers=_pick(self.samplers, list(samplers), "sampler", self.source))
         return out
 
+    def with_metric_options(
+        self,
+        reference: str | Path | None = None,
+        inception_weights: str | Path | None = None,
+        bootstrap: int | None = None,
+    ) -> Suite:
+        """The suite with `scorebench run`'s --reference, --inception-weights and --bootstrap (None: keep the suite's;
+        paths relative to the working directory); ValueError naming the option for a missing path or a negative B."""
+        out = self
+        for option, value in (("reference", reference), ("inception_weights", inception_weights)):
+            if value is not None:
+                path = Path(value).expanduser()
+                if not path.exists():
+                    raise ValueError(f"--{option.replace('_', '-')} {value}: no such file or directory")
+                out = replace(out, **{option: str(path.resolve())})
+        if bootstrap is not None:
+            if bootstrap < 0:
+                raise ValueError(f"--bootstrap must be a non-negative number of replicates, got {bootstrap}")
+            out = replace(out, bootstrap=bootstrap)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -136,6 +181,12 @@ class Suite:
         Model specs are checked when the models are loaded (bench.runner.load_models), also before any work.
         """
         from samplers import SCHEDULES, get_sampler, steps_for_budget
+
+        paths = [("[suite] inception_weights", self.inception_weights), ("[suite] reference", self.reference)]
+        paths += [(f"[[models]] {m.spec!r} reference", m.reference) for m in self.models]
+        for where, path in paths:
+            if path is not None and not Path(path).exists():
+                raise ValueError(f"{self.source}: {where}: {path} does not exist")
 
         for entry in self.samplers:
             where = f"{self.source}: [samplers.{_quote(entry.name)}]"
@@ -264,6 +315,9 @@ def parse_suite(raw: Mapping[str, Any], source: str, default_name: str = "suite"
     description = head.get("description", "")
     if not isinstance(description, str):
         raise ValueError(f"{source}: [suite] description must be a string, got {description!r}")
+    bootstrap = head.get("bootstrap", 0)
+    if not isinstance(bootstrap, int) or isinstance(bootstrap, bool) or bootstrap < 0:
+        raise ValueError(f"{source}: [suite] bootstrap must be a non-negative integer, got {bootstrap!r}")
     return Suite(
         name=_string(head.get("name", default_name), source, "[suite] name"),
         source=source,
@@ -273,6 +327,9 @@ def parse_suite(raw: Mapping[str, Any], source: str, default_name: str = "suite"
         keep_samples=keep,
         models=models,
         samplers=samplers,
+        bootstrap=bootstrap,
+        inception_weights=_path(head.get("inception_weights"), source, "[suite] inception_weights"),
+        reference=_path(head.get("reference"), source, "[suite] reference"),
     )
 
 
@@ -299,6 +356,7 @@ def _model(raw: Any, i: int, defaults: dict[str, Any], source: str) -> ModelEntr
         batch_size=_positive_int(raw.get("batch_size", batch_default), source, f"{where} batch_size"),
         budgets=budgets or (),
         metrics=metrics,
+        reference=_path(raw.get("reference"), source, f"{where} reference"),
     )
 
 
@@ -361,6 +419,14 @@ def _string(value: Any, source: str, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{source}: {where} must be a non-empty string, got {value!r}")
     return value
+
+
+def _path(value: Any, source: str, where: str) -> str | None:
+    """A path from the suite file: relative to the file's directory (its existence is checked by Suite.validate)."""
+    if value is None:
+        return None
+    path = Path(_string(value, source, where)).expanduser()
+    return str(path if path.is_absolute() else (Path(source).parent / path).resolve())
 
 
 def _positive_int(value: Any, source: str, where: str) -> int:
