@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,19 @@ def test_bootstrap_intervals_reach_records_and_report(tmp_path, monkeypatch):
     best = pd.read_csv(run / "tables" / "best.csv")
     assert set(best["metric"]) == {*DEFAULT_METRICS["analytic"], "fd_exact", "weight_tv"}
     assert (run / "plots" / "vp-nfe.png").read_bytes()[:4] == b"\x89PNG"
-    assert main(["compare", str(run), str(run)]) == 0
+
+    # compare checks the metrics themselves, not their sample counts or interval bounds
+    def altered(name: str, change) -> Path:
+        other = tmp_path / name
+        other.mkdir()
+        lines = [json.dumps({**r, "metrics": change(dict(r["metrics"]))}) for r in records]
+        (other / "records.jsonl").write_text("\n".join(lines) + "\n")
+        return other
+
+    wider = altered("wider", lambda m: {**m, "n": 2 * m["n"], "fd_exact_hi": 2 * m["fd_exact_hi"] + 1})
+    assert main(["compare", str(run), str(wider)]) == 0
+    worse = altered("worse", lambda m: {**m, "fd_exact": 2 * m["fd_exact"] + 1})
+    assert main(["compare", str(run), str(worse)]) == 1
 
 
 def test_reference_and_inception_weights_from_the_command_line(tmp_path, monkeypatch, capsys):
