@@ -8,7 +8,14 @@ import os
 import sys
 
 # modules that each add one sub-command: register(subparsers) sets `func(args) -> int` as the handler
-COMMAND_MODULES = ("bench.cmd_list", "bench.cmd_run", "bench.cmd_report", "bench.cmd_compare", "bench.cmd_train")
+COMMAND_MODULES = (
+    "bench.cmd_list",
+    "bench.cmd_run",
+    "bench.cmd_report",
+    "bench.cmd_compare",
+    "bench.cmd_sample",
+    "bench.cmd_train",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
