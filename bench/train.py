@@ -91,11 +91,11 @@ class TrainResult:
 def default_arch(cfg: ScoreTraining, train: Tensor) -> dict[str, Any]:
     """UNet kwargs for a run: the dataset's size, the process's conditioning, then the user's overrides."""
     arch = {"in_channels": train.shape[1], **ARCH_BY_DATA.get(cfg.data, ARCH_BY_DATA["mnist5k"])}
-    if cfg.process == "ve":  # conditioned on sigma through log(sigma), EDM preconditioning with the data's std
+    if cfg.process == "ve":  # conditioned on sigma through log(sigma)
         arch |= {"cond_map": "log", "f_min": 0.1, "f_max": 30.0, "precondition": "ve_score"}
-        arch["sigma_data"] = round(float(train.std()), 3)
-    else:  # conditioned on the timestep index 0..999
-        arch |= {"cond_map": "linear", "f_min": 1e-3, "f_max": 1.0, "precondition": "none"}
+    else:  # conditioned on the timestep index 0..999 of the DDPM schedule
+        arch |= {"cond_map": "linear", "f_min": 1e-3, "f_max": 1.0, "precondition": "vp_eps"}
+    arch["sigma_data"] = round(float(train.std()), 3)  # EDM preconditioning with the data's standard deviation
     return arch | cfg.arch
 
 

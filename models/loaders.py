@@ -113,6 +113,9 @@ def save_native(path: str | Path, net: nn.Module, config: dict[str, Any]) -> Pat
         state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
         save_file(state, tmp / WEIGHTS, metadata={"format": FORMAT})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        for file in (tmp / WEIGHTS, tmp / CONFIG):
+            file.chmod(0o644)
+        tmp.chmod(0o755)  # mkdtemp's 0700 would keep the checkpoint from other users
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)

@@ -7,10 +7,17 @@ needs to know how to embed cond:
 - `cond_map="log"`: cond is a noise level sigma, embedded through log(sigma) (as NCSN++ and EDM do);
 - `cond_map="linear"`: cond is a timestep index (DDPM), embedded as is.
 
-`precondition="ve_score"` (for VE score networks conditioned on sigma) makes the module a score network with EDM's
-preconditioning (Karras et al. 2022, Table 1) built in: the UNet body F sees c_in(sigma) x and the module returns the
-score of D = c_skip x + c_out F, that is score = (D - x) / sigma^2. Large-sigma inputs then reach the body at unit
-scale and the output already carries NCSN++'s 1/sigma scaling; the module's semantics stay "the score".
+Optionally EDM's preconditioning (Karras et al. 2022, Table 1) is built in: the UNet body F sees c_in(sigma) x_ve
+and the denoiser is D = c_skip x_ve + c_out F, with c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd /
+sqrt(sigma^2 + sd^2), c_in = 1 / sqrt(sigma^2 + sd^2) (sd: the data's standard deviation). The module still returns
+what its checkpoint says it predicts, so the wrapper's semantics hold:
+
+- `precondition="ve_score"`: a VE score network conditioned on sigma; returns the score (D - x) / sigma^2 (this also
+  carries NCSN++'s 1/sigma output scaling);
+- `precondition="vp_eps"`: a discrete DDPM eps network conditioned on the timestep index (linear betas beta_start..
+  beta_end over T steps); x is the VP state sqrt(alpha_bar) x_ve and the module returns eps = (x_ve - D) / sigma.
+  Unlike a plain eps network, whose error is multiplied by sigma (up to ~157) in x0 = x_ve - sigma eps, the
+  preconditioned one stays accurate at high noise after a short training.
 
 Every constructor argument is a JSON-serialisable value, so that checkpoints can rebuild the network from config.json.
 """
@@ -22,6 +29,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .processes import DDPMProcess
 
 __all__ = ["UNet", "FourierEmbedding"]
 
@@ -94,17 +103,23 @@ class UNet(nn.Module):
         f_max: float = 30.0,
         precondition: str = "none",
         sigma_data: float = 0.5,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        T: int = 1000,
         groups: int = 8,
         dropout: float = 0.0,
     ):
         super().__init__()
         if cond_map not in ("log", "linear"):
             raise ValueError(f"cond_map must be 'log' or 'linear', got {cond_map!r}")
-        if precondition not in ("none", "ve_score"):
-            raise ValueError(f"precondition must be 'none' or 've_score', got {precondition!r}")
+        if precondition not in ("none", "ve_score", "vp_eps"):
+            raise ValueError(f"precondition must be 'none', 've_score' or 'vp_eps', got {precondition!r}")
         if precondition == "ve_score" and cond_map != "log":
             raise ValueError("precondition='ve_score' needs cond_map='log' (the conditioning is sigma)")
+        if precondition == "vp_eps" and cond_map != "linear":
+            raise ValueError("precondition='vp_eps' needs cond_map='linear' (the conditioning is the timestep index)")
         self.cond_map, self.precondition, self.sigma_data = cond_map, precondition, float(sigma_data)
+        self.ddpm = DDPMProcess(beta_start=beta_start, beta_end=beta_end, T=T) if precondition == "vp_eps" else None
 
         # noise-level embedding: Fourier features, then a small MLP
         self.embed = nn.Sequential(
@@ -165,10 +180,19 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         cond = cond.to(x.dtype).reshape(-1).expand(x.shape[0])
+        c_noise = cond.log() if self.cond_map == "log" else cond
         if self.precondition == "none":
-            return self.body(x, cond.log() if self.cond_map == "log" else cond)
-        # EDM preconditioning, returned as the score (D - x) / sigma^2 of D = c_skip x + c_out F
-        sigma, sd2 = cond[:, None, None, None], self.sigma_data**2
-        total = sigma**2 + sd2
-        out = self.body(x / total.sqrt(), cond.log())
-        return -x / total + (self.sigma_data / (sigma * total.sqrt())) * out
+            return self.body(x, c_noise)
+        # EDM preconditioning around the body, in VE terms
+        if self.precondition == "ve_score":
+            sigma, x_ve = cond, x
+        else:  # vp_eps: index k sits at t = (k + 1) / T; x = x_ve / sqrt(1 + sigma^2)
+            sigma = self.ddpm.sigma((cond.double() + 1) / self.ddpm.T).to(x.dtype)
+            x_ve = x * torch.sqrt(1 + sigma**2)[:, None, None, None]
+        sigma = sigma[:, None, None, None]
+        total = sigma**2 + self.sigma_data**2
+        out = self.body(x_ve / total.sqrt(), c_noise)
+        # D = c_skip x_ve + c_out F; written without cancellation as the score (D - x) / sigma^2 or eps (x - D) / sigma
+        if self.precondition == "ve_score":
+            return -x_ve / total + (self.sigma_data / (sigma * total.sqrt())) * out
+        return sigma * x_ve / total - (self.sigma_data / total.sqrt()) * out

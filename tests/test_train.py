@@ -88,3 +88,36 @@ def test_cli_rejects_bad_arguments_in_one_line(tmp_path, capsys, argv, match):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("scorebench train: error:") and match in err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("data, size", [("digits", 8), ("mnist5k", 28)])
+def test_default_unets_map_images_to_images(data, size):
+    from bench.train import ARCH_BY_DATA
+
+    for cond_map, cond in (("log", torch.tensor([0.01, 5.0])), ("linear", torch.tensor([0.0, 999.0]))):
+        net = UNet(in_channels=1, cond_map=cond_map, **ARCH_BY_DATA[data])
+        with torch.no_grad():
+            assert net(torch.randn(2, 1, size, size), cond).shape == (2, 1, size, size)
+    if data == "digits":
+        assert 100_000 < sum(p.numel() for p in net.parameters()) < 300_000
+
+
+@pytest.mark.parametrize("process", ["ve", "vp"])
+def test_preconditioned_unet_at_init_is_edm_skip_denoiser(process):
+    """With the output head zero (as initialised), D(x, sigma) = sd^2 / (sigma^2 + sd^2) x exactly, on either layout.
+
+    For VP this also checks that the network's own sigma(index) agrees with the wrapper's index(sigma).
+    """
+    sd = 0.7
+    if process == "ve":
+        net = UNet(**TINY, cond_map="log", precondition="ve_score", sigma_data=sd)
+        model = NetworkDenoiser(net, VEProcess(0.01, 10.0), prediction="score", conditioning="sigma", shape=(1, 8, 8))
+        sigma = torch.tensor([0.01, 0.3, 2.0, 10.0], dtype=torch.float64)
+    else:
+        net = UNet(**TINY, cond_map="linear", f_min=1e-3, f_max=1.0, precondition="vp_eps", sigma_data=sd)
+        model = NetworkDenoiser(net, DDPMProcess(), prediction="eps", conditioning="index", shape=(1, 8, 8))
+        sigma = torch.tensor([0.0101, 0.3, 2.0, 150.0], dtype=torch.float64)
+    x = torch.randn(4, 1, 8, 8) * (1 + sigma.float()[:, None, None, None])
+    with torch.no_grad():
+        expected = sd**2 / (sigma**2 + sd**2)[:, None, None, None] * x.double()
+        torch.testing.assert_close(model(x, sigma).double(), expected, rtol=1e-4, atol=1e-4)  # float32 at |x| ~ 150
