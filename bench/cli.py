@@ -18,6 +18,25 @@ COMMAND_MODULES = (
 )
 
 
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """`--threads N`: torch's CPU threads (a command calls set_threads(args) before its work)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's choice); on a busy machine --threads 1 is often much faster",
+    )
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    if args.threads is None:
+        return
+    if args.threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scorebench",

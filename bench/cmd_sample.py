@@ -7,6 +7,8 @@ import json
 
 import torch
 
+from .cli import add_threads_option, set_threads
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="samples.png", help="grid PNG to write")
+    add_threads_option(p)
     p.add_argument("--hyper", nargs="*", default=[], metavar="KEY=VALUE", help="sampler hyper-parameters, e.g. eta=0.5")
     p.set_defaults(func=run)
 
@@ -47,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .grid import save_grid
 
+    set_threads(args)
     hyper = _hyper(args.hyper)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {args.device!r} requested but CUDA is not available")

@@ -7,6 +7,7 @@ import shlex
 
 import torch
 
+from .cli import add_threads_option, set_threads
 from .data import DATASETS
 from .train import ScoreTraining, train_score
 
@@ -41,11 +42,13 @@ def register(train_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="checkpoint directory (default: results/runs/train-DATA-PROCESS-sSEED)")
     p.add_argument("--figures", default=None, help="where the training curve and sample grid go (default: --out)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    set_threads(args)
     cfg = ScoreTraining(
         data=args.data,
         process=args.process,
