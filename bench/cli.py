@@ -8,7 +8,33 @@ import os
 import sys
 
 # modules that each add one sub-command: register(subparsers) sets `func(args) -> int` as the handler
-COMMAND_MODULES = ("bench.cmd_list", "bench.cmd_run", "bench.cmd_report", "bench.cmd_compare", "bench.cmd_train")
+COMMAND_MODULES = (
+    "bench.cmd_list",
+    "bench.cmd_run",
+    "bench.cmd_report",
+    "bench.cmd_compare",
+    "bench.cmd_sample",
+    "bench.cmd_train",
+)
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """`--threads N`: torch's CPU threads (a command calls set_threads(args) before its work)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's choice); on a busy machine --threads 1 is often much faster",
+    )
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    if args.threads is None:
+        return
+    if args.threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:

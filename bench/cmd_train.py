@@ -6,13 +6,13 @@ import argparse
 import importlib
 
 # modules that each add one `train` sub-command: register(subparsers) sets `func(args) -> int` as the handler
-TRAIN_MODULES = ("bench.cmd_train_features",)
+TRAIN_MODULES = ("bench.cmd_train_score", "bench.cmd_train_features")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train the project's small networks (feature classifiers, ...)",
+        help="train the project's small networks (score models, feature classifiers, ...)",
         description="Train the small networks the project ships; each sub-command writes a checkpoint directory "
         "(model.safetensors + config.json).",
     )

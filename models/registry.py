@@ -52,6 +52,26 @@ for _base, (_what, _mixture) in _MIXTURES.items():
         )
     register_model(ModelSpec(_base, f"alias of {_base}-ve", _gmm_builder(_base, _mixture, _PROCESSES["ve"][1])))
 
+# trained checkpoints shipped inside the package (native format, models/checkpoints/<name>/); see bench/train.py
+CHECKPOINTS = Path(__file__).parent / "checkpoints"
+_SHIPPED: dict[str, str] = {
+    "digits-ve": "UNet score network on 8x8 digits, VE sigma 0.01..10 (trained by `scorebench train score`)",
+    "digits-vp": "UNet eps network on 8x8 digits, DDPM T=1000 (trained by `scorebench train score`)",
+}
+
+
+def _checkpoint_builder(name: str) -> Callable[[], Denoiser]:
+    def build() -> Denoiser:
+        from .loaders import load_native
+
+        return load_native(CHECKPOINTS / name, name=name)
+
+    return build
+
+
+for _name, _summary in _SHIPPED.items():
+    register_model(ModelSpec(_name, _summary, _checkpoint_builder(_name), kind="checkpoint"))
+
 
 def load_model(spec: str, device: str | None = None) -> Denoiser:
     """Load any model spec: a built-in name (`scorebench list`), `diffusers:PATH`, or a native checkpoint directory."""
@@ -63,7 +83,7 @@ def load_model(spec: str, device: str | None = None) -> Denoiser:
         from .loaders import load_diffusers
 
         model = load_diffusers(spec.removeprefix("diffusers:"))
-    elif Path(spec).is_dir():
+    elif Path(spec).exists():
         from .loaders import load_native
 
         model = load_native(spec)
