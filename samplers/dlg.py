@@ -13,7 +13,12 @@ consecutive outputs of chain j (the last chain may be cut short). Per chain:
    keeping the round's visited (x, sigma) with the smallest sigma (the reference also weighs the round's starting
    state, which can hand the same state off twice: we do not); the chain goes on from its last state;
 3. hand-off: the integrator starts each output at its own sigma, on its usual schedule shape and step count
-   (samplers.schedules.restart), down to sigma_min, and ends with the Tweedie step.
+   (samplers.schedules.restart: the given schedule's spacing in the coordinate of the integrator's default schedule,
+   e.g. sigma^(1/7) for kar1), down to the schedule's last level, and ends with the Tweedie step.
+
+The noise-level classifier is found by models.noise_classifier.classifier_for: the exact posterior over `n_levels`
+levels for analytic models, else `classifier=PATH`, the model's `noise_classifier`, or the one shipped for its
+dataset (models/checkpoints/<dataset>-noise-classifier). Levels outside the model's sigma range are clamped to it.
 
 So NFE per output = n_skip + the integrator's NFE; classifier evaluations ("classifier_evals": n_skip per output)
 and the burn-in are booked apart through models.base.counting_as / tally.
