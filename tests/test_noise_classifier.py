@@ -89,3 +89,19 @@ def test_cnn_classifier_takes_images(shape):
     assert net(torch.randn(2, *shape)).shape == (2, 1000)
     with pytest.raises(ValueError, match="image"):
         build_classifier_net("cnn", (64,), 10)
+
+
+def test_the_shipped_digits_classifier_is_found_for_digits_models_and_reads_the_noise_level():
+    from models import NetworkDenoiser, VEProcess
+
+    model = NetworkDenoiser(
+        lambda x, c: torch.zeros_like(x), VEProcess(0.01, 10.0), prediction="x0", conditioning="sigma", shape=(1, 8, 8)
+    )
+    model.dataset = "digits"
+    clf = classifier_for(model)
+    assert isinstance(clf, LearnedNoiseClassifier) and clf.config["dataset"] == "digits" and clf.n_levels == 1000
+    _, _, heldout = data_source("digits")
+    errors = level_errors(clf, heldout, sigma_low=0.3).float()  # where DLG's chains live on data in [-1, 1]
+    assert errors.median() <= 10 and (errors <= 20).float().mean() >= 0.85
+    res = sample(model, "dlg+kar1", nfe=15, seeds=range(8), n_skip=2)  # the plumbing, on a trivial denoiser
+    assert res.x.shape == (8, 1, 8, 8) and res.extras["classifier_evals"] == 2
