@@ -91,7 +91,7 @@ def dlg(
 ) -> Tensor:
     """Denoising Langevin Gibbs with hand-off to `integrator` (a SamplerSpec) (Kim & Ye 2023, Section 4)."""
     _check(n_skip, outputs_per_chain, burn_in_steps, burn_in_iters, settle_iters, mode)
-    sigmas, noise = per_sample(sigmas, x), noise_or_default(noise, x)
+    sigmas, noise = per_sample(sigmas, x, model), noise_or_default(noise, x)
     template = sigmas[0]
     if not bool((sigmas == template).all()):
         raise ValueError("dlg takes one schedule shared by the batch: each output restarts it at its own sigma")
