@@ -212,8 +212,8 @@ def test_counting_as_and_tally_book_work_apart_on_every_counter():
 @pytest.mark.parametrize("sampler", DLG)
 def test_every_dlg_runs_on_the_digits_checkpoints(name, sampler):
     model = load_model(name)
-    budget = 40 if SAMPLERS[sampler].adaptive else 15
-    res = sample(model, sampler, nfe=budget, seeds=range(8), n_skip=2)
+    budget, tol = (200, {"rtol": 1e-2, "atol": 1e-2}) if SAMPLERS[sampler].adaptive else (15, {})
+    res = sample(model, sampler, nfe=budget, seeds=range(8), n_skip=2, **tol)
     assert res.x.shape == (8, *model.shape) and bool(res.x.isfinite().all())
     assert res.nfe <= budget and res.extras["classifier_evals"] == 2
     if not SAMPLERS[sampler].adaptive:
