@@ -6,7 +6,7 @@ import argparse
 import importlib
 
 # modules that each add one `train` sub-command: register(subparsers) sets `func(args) -> int` as the handler
-TRAIN_MODULES = ("bench.cmd_train_score", "bench.cmd_train_features")
+TRAIN_MODULES = ("bench.cmd_train_score", "bench.cmd_train_features", "bench.cmd_train_classifier")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
 from .processes import Process, broadcast
 
-__all__ = ["Denoiser", "CountingDenoiser"]
+__all__ = ["Denoiser", "CountingDenoiser", "counting_as", "tally"]
 
 
 class Denoiser(nn.Module):
@@ -72,7 +75,12 @@ class Denoiser(nn.Module):
 
 
 class CountingDenoiser(Denoiser):
-    """Wraps a Denoiser and counts its evaluations: `calls` (network calls) and `evals` (rows evaluated)."""
+    """Wraps a Denoiser and counts its evaluations: `calls` (network calls) and `evals` (rows evaluated).
+
+    A sampler may book work apart from its NFE (never hiding it): evaluations made inside `counting_as(model, key)`
+    add to `extras[key]` instead of `evals` (e.g. DLG's burn-in), and `tally(model, key, n)` adds other measured
+    work (e.g. noise-classifier evaluations). On a model that is not counted both are no-ops.
+    """
 
     def __init__(self, inner: Denoiser):
         super().__init__(
@@ -87,14 +95,20 @@ class CountingDenoiser(Denoiser):
         self.inner = inner
         self.calls = 0
         self.evals = 0
+        self.extras: dict[str, float] = {}
+        self.phase: str | None = None
 
     def reset(self) -> None:
         self.calls = 0
         self.evals = 0
+        self.extras = {}
 
     def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
         self.calls += 1
-        self.evals += x.shape[0]
+        if self.phase is None:
+            self.evals += x.shape[0]
+        else:
+            self.extras[self.phase] = self.extras.get(self.phase, 0) + x.shape[0]
         return self.inner(x, sigma)
 
     def __getattr__(self, name: str):
@@ -102,3 +116,29 @@ class CountingDenoiser(Denoiser):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self._modules["inner"], name)
+
+
+def _counters(model) -> Iterator[CountingDenoiser]:
+    while isinstance(model, CountingDenoiser):
+        yield model
+        model = model.inner
+
+
+@contextmanager
+def counting_as(model, key: str) -> Iterator[None]:
+    """Network evaluations inside the block count as `extras[key]` of every counter around `model`, not as NFE."""
+    counters = list(_counters(model))
+    saved = [c.phase for c in counters]
+    for c in counters:
+        c.phase = key
+    try:
+        yield
+    finally:
+        for c, phase in zip(counters, saved, strict=True):
+            c.phase = phase
+
+
+def tally(model, key: str, n: float) -> None:
+    """Add n to `extras[key]` of every counter around `model` (work a sampler does besides the network's)."""
+    for c in _counters(model):
+        c.extras[key] = c.extras.get(key, 0) + n

@@ -49,6 +49,15 @@ class GaussianMixture:
         mean = torch.as_tensor(mean, dtype=torch.float64)
         return cls(torch.ones(1, dtype=torch.float64), mean[None], torch.as_tensor(cov, dtype=torch.float64)[None])
 
+    def to(self, device: torch.device | str) -> GaussianMixture:
+        """The same mixture with its tensors on `device` (self if already there)."""
+        if self.means.device == torch.device(device):
+            return self
+        moved = GaussianMixture.__new__(GaussianMixture)
+        for key, value in vars(self).items():
+            setattr(moved, key, value.to(device))
+        return moved
+
     @property
     def dim(self) -> int:
         return self.means.shape[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -17,7 +17,7 @@ from .noise import SeededNoise
 from .registry import SamplerSpec, get_sampler
 from .schedules import make_schedule
 
-__all__ = ["SampleResult", "sample", "steps_for_budget", "run_sampler", "TOLERANCES", "synchronize"]
+__all__ = ["SampleResult", "SamplerRun", "sample", "steps_for_budget", "run_sampler", "TOLERANCES", "synchronize"]
 
 # rtol = atol grid swept (loosest first) to fit an adaptive sampler into an NFE budget
 TOLERANCES = tuple(10 ** (-k / 2) for k in range(2, 13))
@@ -33,6 +33,13 @@ class SampleResult:
     declared_nfe: int | None  # the sampler's NFE formula at `steps` (None for adaptive samplers)
     hyper: dict[str, Any] = field(default_factory=dict)  # resolved hyper-parameters, tolerances included
     extras: dict[str, float] = field(default_factory=dict)  # sampler-specific accounting (e.g. DLG's burn-in NFE)
+
+
+class SamplerRun(NamedTuple):
+    x: Tensor  # samples in the order of the requested indices
+    nfe: float  # measured network evaluations per requested sample
+    seconds: float
+    extras: dict[str, float]  # work booked apart by the sampler (models.base.counting_as / tally), per sample
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -65,34 +72,60 @@ def run_sampler(
     seed: int = 0,
     batch_size: int | None = None,
     hyper: Mapping[str, Any] | None = None,
-) -> tuple[Tensor, float, float]:
-    """Sample `indices` (each with its own noise streams) in batches; returns (x, NFE per sample, seconds).
+) -> SamplerRun:
+    """Sample `indices` (each with its own noise streams) in batches; returns (x, NFE per sample, seconds, extras).
 
     The model is wrapped in a counter: NFE is measured, not computed. One uncounted model evaluation warms up the
-    device before the clock starts; the clock stops after the device has finished.
+    device before the clock starts; the clock stops after the device has finished. Evaluations a sampler books apart
+    (e.g. DLG's burn-in) are in `extras`, per requested sample. A chain sampler (spec.chains) runs whole chains:
+    a batch holds a multiple of outputs_per_chain rows, and a chain only partly requested still runs (and is paid
+    for) in full, so that every sample is the same whatever the batch.
     """
     hyper = spec.resolve(hyper or {})
     device = model.device
     counter = CountingDenoiser(model)
-    batch_size = batch_size or len(indices)
+    rows, group = _rows(spec, hyper, indices, sigmas.ndim == 2)
+    batch_size = batch_size or len(rows)
+    if group > 1:
+        batch_size = max(group, batch_size // group * group)
     sigmas = sigmas.to(device)
     with torch.no_grad():
-        probe = torch.zeros(min(2, len(indices)), *model.shape, device=device)
+        probe = torch.zeros(min(2, len(rows)), *model.shape, device=device)
         model(probe, torch.full((probe.shape[0],), float(sigmas.reshape(-1)[0]), dtype=torch.float64, device=device))
         synchronize(device)
         start = time.perf_counter()
         chunks = []
-        for lo in range(0, len(indices), batch_size):
-            chunk = indices[lo : lo + batch_size]
+        for lo in range(0, len(rows), batch_size):
+            chunk = rows[lo : lo + batch_size]
             chunk_sigmas = sigmas if sigmas.ndim == 1 else sigmas[lo : lo + batch_size]
             init = SeededNoise(chunk, model.shape, seed=seed, stream=INIT_STREAM, device=device)
             noise = SeededNoise(chunk, model.shape, seed=seed, stream=SAMPLER_STREAM, device=device)
             z = init()
             x = z * broadcast(chunk_sigmas[..., 0].expand(len(chunk)), z)
             chunks.append(spec.fn(counter, x, chunk_sigmas, noise, **hyper))
+        x = torch.cat(chunks)
+        if rows is not indices:
+            position = {row: p for p, row in enumerate(rows)}
+            x = x[torch.tensor([position[i] for i in indices], device=x.device)]
         synchronize(device)
         seconds = time.perf_counter() - start
-    return torch.cat(chunks), counter.evals / len(indices), seconds
+    n = len(indices)
+    return SamplerRun(x, counter.evals / n, seconds, {k: v / n for k, v in counter.extras.items()})
+
+
+def _rows(spec: SamplerSpec, hyper: Mapping[str, Any], indices: list[int], sigmas_2d: bool) -> tuple[list[int], int]:
+    """The sample indices to run (a chain sampler's requested chains, whole) and the outputs per chain."""
+    if not spec.chains:
+        return indices, 1
+    group = int(hyper["outputs_per_chain"])
+    if sigmas_2d:
+        raise ValueError(f"{spec.name} runs chains on one schedule shared by all samples, not per-sample schedules")
+    if group < 1:
+        raise ValueError(f"outputs_per_chain must be >= 1, got {group}")
+    if min(indices) < 0:
+        raise ValueError(f"a chain sampler's sample indices must be >= 0, got {min(indices)}")
+    chains = sorted({i // group for i in indices})
+    return [c * group + k for c in chains for k in range(group)], group
 
 
 def sample(
@@ -138,31 +171,27 @@ def sample(
         declared = spec.nfe(steps, **resolved)
         if declared > nfe:
             raise ValueError(f"the given schedule costs {declared} NFE with {spec.name!r}, over the budget of {nfe}")
-        x, measured, seconds = run_sampler(
-            model, spec, schedule_for(steps), indices, seed=seed, batch_size=batch_size, hyper=resolved
-        )
-        return SampleResult(x, measured, seconds, steps, declared, resolved)
+        run = run_sampler(model, spec, schedule_for(steps), indices, seed=seed, batch_size=batch_size, hyper=resolved)
+        return SampleResult(run.x, run.nfe, run.seconds, steps, declared, resolved, run.extras)
 
     sigmas = schedule_for(2)
     if "rtol" in hyper or "atol" in hyper:
-        x, measured, seconds = run_sampler(
-            model, spec, sigmas, indices, seed=seed, batch_size=batch_size, hyper=resolved
-        )
-        measured = nfe_mean(measured, len(indices)) if nfe_mean else measured
+        run = run_sampler(model, spec, sigmas, indices, seed=seed, batch_size=batch_size, hyper=resolved)
+        measured = nfe_mean(run.nfe, len(indices)) if nfe_mean else run.nfe
         if measured > nfe:
             raise ValueError(
                 f"{spec.name} at rtol={resolved['rtol']:g}, atol={resolved['atol']:g} took "
                 f"{measured:g} NFE per sample, over the budget of {nfe}"
             )
-        return SampleResult(x, measured, seconds, None, None, resolved)
+        return SampleResult(run.x, measured, run.seconds, None, None, resolved, run.extras)
     best = None
     for tol in TOLERANCES:
         trial = {**resolved, "rtol": tol, "atol": tol}
-        x, measured, seconds = run_sampler(model, spec, sigmas, indices, seed=seed, batch_size=batch_size, hyper=trial)
-        measured = nfe_mean(measured, len(indices)) if nfe_mean else measured
+        run = run_sampler(model, spec, sigmas, indices, seed=seed, batch_size=batch_size, hyper=trial)
+        measured = nfe_mean(run.nfe, len(indices)) if nfe_mean else run.nfe
         if measured > nfe:
             break
-        best = SampleResult(x, measured, seconds, None, None, trial)
+        best = SampleResult(run.x, measured, run.seconds, None, None, trial, run.extras)
     if best is None:
         raise ValueError(
             f"NFE budget {nfe} is below the minimum of sampler {spec.name!r} "

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .adaptive import rk45
+from .dlg import INTEGRATORS, KIM_YE, bind
 from .karras import ddim, kar1, kar2
 from .score_sde import ald, em, pc, pf_euler, rd
 
@@ -32,6 +33,7 @@ class SamplerSpec:
     summary: str
     schedule: str = "native"
     min_steps: int = 2
+    chains: bool = False
 
     @property
     def adaptive(self) -> bool:
@@ -154,3 +156,29 @@ for _spec in [
     ),
 ]:
     register_sampler(_spec)
+
+
+def _dlg_spec(integrator: SamplerSpec) -> SamplerSpec:
+    """`dlg+X`: DLG's Gibbs chain, then X from each sample's own noise level; NFE = n_skip + X's NFE."""
+    nfe = None
+    if integrator.nfe is not None:
+
+        def nfe(steps: int, **hyper) -> int:
+            return hyper["n_skip"] + integrator.nfe(steps, **hyper)
+
+    return SamplerSpec(
+        f"dlg+{integrator.name}",
+        bind(integrator),
+        "mcmc",
+        True,
+        nfe,
+        f"{KIM_YE}; integrator: {integrator.citation}",
+        f"Denoising Langevin Gibbs (n_skip Gibbs steps per sample), then {integrator.name} from its own sigma",
+        schedule=integrator.schedule,
+        min_steps=integrator.min_steps,
+        chains=True,
+    )
+
+
+for _name in INTEGRATORS:
+    register_sampler(_dlg_spec(SAMPLERS[_name]))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["karras", "geometric", "uniform_t", "native", "SCHEDULES", "make_schedule"]
+__all__ = ["karras", "geometric", "uniform_t", "native", "SCHEDULES", "make_schedule", "WARPS", "restart"]
 
 
 def _with_zero(levels: Tensor) -> Tensor:
@@ -53,3 +53,32 @@ def make_schedule(name: str, model, n: int, **kwargs) -> Tensor:
     if n < 1:
         raise ValueError(f"a schedule needs at least 1 noise level, got {n}")
     return SCHEDULES[name](model, n, **kwargs)
+
+
+# Each schedule is evenly spaced in a coordinate phi(sigma): sigma^(1/rho) for karras, log sigma for geometric, the
+# native time t for uniform_t. `restart` keeps a schedule's spacing in that coordinate while moving its start.
+Warp = tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]  # (phi, phi^-1)
+WARPS: dict[str, Callable[..., Warp]] = {
+    "karras": lambda model, rho=7.0: (lambda s: s ** (1 / rho), lambda u: u**rho),
+    "geometric": lambda model: (torch.log, torch.exp),
+    "uniform_t": lambda model: (model.sde.t, model.sde.sigma),
+    "native": lambda model: WARPS["geometric" if model.process == "ve" else "uniform_t"](model),
+}
+
+
+def restart(template: Tensor, start: Tensor, warp: Warp) -> Tensor:
+    """Per-sample schedules [B, N+1] starting at `start` [B] instead of the template's first level.
+
+    Each row keeps the template's relative spacing in the warp coordinate phi between its own start and the template's
+    last positive level, then 0: restarting karras(sigma_min, sigma_max, n) at s gives karras(sigma_min, s, n). A start
+    at or below the last level is raised just above it, so that every row stays strictly decreasing.
+    """
+    phi, phi_inv = warp
+    levels = template.to(torch.float64)[:-1]
+    lo, hi = levels[-1], levels[0]
+    start = torch.maximum(start.to(levels), lo * (1 + 1e-6))
+    frac = (phi(levels) - phi(lo)) / (phi(hi) - phi(lo)) if len(levels) > 1 else levels.new_ones(1)
+    rows = phi_inv(phi(lo) + frac[None] * (phi(start)[:, None] - phi(lo)))
+    rows[:, -1] = lo  # exact end point, whatever the warp's rounding
+    rows[:, 0] = start
+    return torch.cat([rows, rows.new_zeros(len(start), 1)], 1)

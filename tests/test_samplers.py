@@ -156,5 +156,5 @@ def test_bad_input_is_a_value_error():
 def test_run_sampler_reports_measured_nfe_and_time():
     model = load_model("gmm-64d")
     spec = SAMPLERS["kar1"]
-    x, nfe, seconds = run_sampler(model, spec, make_schedule("karras", model, 6), list(range(32)))
-    assert x.shape == (32, 64) and nfe == spec.declared_nfe(6) and seconds > 0
+    x, nfe, seconds, extras = run_sampler(model, spec, make_schedule("karras", model, 6), list(range(32)))
+    assert x.shape == (32, 64) and nfe == spec.declared_nfe(6) and seconds > 0 and extras == {}
