@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "bench.cmd_compare",
     "bench.cmd_sample",
     "bench.cmd_train",
+    "bench.cmd_speed",
 )
 
 

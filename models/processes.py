@@ -53,17 +53,32 @@ class Process:
         return float(self.sigma(torch.tensor(self.t_max, dtype=torch.float64)))
 
     # --- the SDE in native coordinates -----------------------------------------------------------------------------
+    # The drift is linear in x for every process here, f(x, t) = drift_rate(t) x, so samplers can do their schedule
+    # arithmetic on per-sample coefficients [B] and touch x only in a few tensor-sized operations.
+    def drift_rate(self, t: Tensor) -> Tensor:
+        """a(t) with f(x, t) = a(t) x."""
+        raise NotImplementedError
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        """g(t) of the forward SDE."""
+        raise NotImplementedError
+
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Forward SDE dx = f(x, t) dt + g(t) dw: returns (f [like x], g [B])."""
-        raise NotImplementedError
+        return broadcast(self.drift_rate(t), x) * x, self.diffusion(t)
 
     def step_alpha(self, t: Tensor, t_next: Tensor) -> Tensor:
         """alpha of one discrete forward step from t_next up to t (1 for VE), score_sde's `alphas`."""
         raise NotImplementedError
 
+    def discrete_step(self, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
+        """score_sde's discretised forward step x(t) = m x(t_next) + G z as per-sample (m, G) [B] each."""
+        raise NotImplementedError
+
     def discretize(self, x: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
         """score_sde's discretised forward step x(t) = x(t_next) + f + G z, for the interval (t_next, t)."""
-        raise NotImplementedError
+        m, big_g = self.discrete_step(t, t_next)
+        return (broadcast(m, x) - 1) * x, big_g
 
     # --- coordinates ----------------------------------------------------------------------------------------------
     def to_native(self, x_ve: Tensor, t: Tensor) -> Tensor:
@@ -73,17 +88,18 @@ class Process:
         return x_native / broadcast(self.scale(t), x_native)
 
     def native_score(self, model, x: Tensor, t: Tensor) -> Tensor:
-        """grad log p_t(x) in native coordinates, from the model's denoiser over sigma."""
-        s = broadcast(self.scale(t), x)
-        x_ve = x / s
-        sigma = self.sigma(t)
-        score_ve = (model(x_ve, sigma) - x_ve) / broadcast(sigma, x) ** 2
-        return score_ve / s
+        """grad log p_t(x) in native coordinates from the model's denoiser over sigma: (D(x/s) - x/s) / (sigma^2 s)."""
+        s, sigma = self.scale(t), self.sigma(t)
+        x_ve = x * broadcast(1 / s, x)
+        return (model(x_ve, sigma) - x_ve) * broadcast(1 / (sigma**2 * s), x)
 
     def pf_ode_drift(self, model, x: Tensor, t: Tensor) -> Tensor:
-        """Probability-flow ODE dx/dt = f(x, t) - g(t)^2 / 2 * score, in native coordinates."""
-        f, g = self.sde(x, t)
-        return f - 0.5 * broadcast(g, x) ** 2 * self.native_score(model, x, t)
+        """Probability-flow ODE dx/dt = f(x, t) - g(t)^2 / 2 * score = a x - g^2 / (2 sigma^2 s) (D(x/s) - x/s)."""
+        s, sigma = self.scale(t), self.sigma(t)
+        x_ve = x * broadcast(1 / s, x)
+        pull = model(x_ve, sigma) - x_ve
+        weight = -0.5 * self.diffusion(t) ** 2 / (sigma**2 * s)
+        return torch.addcmul(broadcast(self.drift_rate(t), x) * x, broadcast(weight, x), pull)
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -118,14 +134,17 @@ class VEProcess(Process):
     def scale(self, t: Tensor) -> Tensor:
         return torch.ones_like(t)
 
-    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.zeros_like(x), self.sigma(t) * math.sqrt(2 * self._log_ratio)
+    def drift_rate(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(t)
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        return self.sigma(t) * math.sqrt(2 * self._log_ratio)
 
     def step_alpha(self, t: Tensor, t_next: Tensor) -> Tensor:
         return torch.ones_like(t)
 
-    def discretize(self, x: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.zeros_like(x), torch.sqrt(self.sigma(t) ** 2 - self.sigma(t_next) ** 2)
+    def discrete_step(self, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.ones_like(t), torch.sqrt(self.sigma(t) ** 2 - self.sigma(t_next) ** 2)
 
     def describe(self) -> str:
         return f"VE (sigma {self._sigma_min:g}..{self._sigma_max:g})"
@@ -154,16 +173,18 @@ class _VarPreserving(Process):
     def scale(self, t: Tensor) -> Tensor:
         return torch.exp(0.5 * self.log_alpha_bar(t))
 
-    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        beta = self.beta(t)
-        return -0.5 * broadcast(beta, x) * x, torch.sqrt(beta)
+    def drift_rate(self, t: Tensor) -> Tensor:
+        return -0.5 * self.beta(t)
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        return torch.sqrt(self.beta(t))
 
     def step_alpha(self, t: Tensor, t_next: Tensor) -> Tensor:
         return torch.exp(self.log_alpha_bar(t) - self.log_alpha_bar(t_next))
 
-    def discretize(self, x: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
+    def discrete_step(self, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
         alpha = self.step_alpha(t, t_next)
-        return (broadcast(torch.sqrt(alpha), x) - 1) * x, torch.sqrt(1 - alpha)
+        return torch.sqrt(alpha), torch.sqrt(1 - alpha)
 
 
 class VPProcess(_VarPreserving):

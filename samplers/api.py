@@ -17,7 +17,16 @@ from .noise import SeededNoise
 from .registry import SamplerSpec, get_sampler
 from .schedules import make_schedule
 
-__all__ = ["SampleResult", "SamplerRun", "sample", "steps_for_budget", "run_sampler", "TOLERANCES", "synchronize"]
+__all__ = [
+    "SampleResult",
+    "SamplerRun",
+    "sample",
+    "steps_for_budget",
+    "run_sampler",
+    "draw_batch",
+    "TOLERANCES",
+    "synchronize",
+]
 
 # rtol = atol grid swept (loosest first) to fit an adaptive sampler into an NFE budget
 TOLERANCES = tuple(10 ** (-k / 2) for k in range(2, 13))
@@ -63,6 +72,20 @@ def steps_for_budget(spec: SamplerSpec, budget: int, hyper: Mapping[str, Any] | 
     return steps
 
 
+def draw_batch(
+    model: Denoiser, spec: SamplerSpec, sigmas: Tensor, indices: list[int], *, seed: int, hyper: Mapping[str, Any]
+) -> Tensor:
+    """One batch: each sample's initial noise at its first level and its own noise stream, then the sampler.
+
+    `hyper` must be resolved (spec.resolve); `sigmas` is [N+1] or one row per index [len(indices), N+1].
+    """
+    init = SeededNoise(indices, model.shape, seed=seed, stream=INIT_STREAM, device=sigmas.device)
+    noise = SeededNoise(indices, model.shape, seed=seed, stream=SAMPLER_STREAM, device=sigmas.device)
+    z = init()
+    x = z * broadcast(sigmas[..., 0].expand(len(indices)), z)
+    return spec.fn(model, x, sigmas, noise, **hyper)
+
+
 def run_sampler(
     model: Denoiser,
     spec: SamplerSpec,
@@ -96,13 +119,8 @@ def run_sampler(
         start = time.perf_counter()
         chunks = []
         for lo in range(0, len(rows), batch_size):
-            chunk = rows[lo : lo + batch_size]
             chunk_sigmas = sigmas if sigmas.ndim == 1 else sigmas[lo : lo + batch_size]
-            init = SeededNoise(chunk, model.shape, seed=seed, stream=INIT_STREAM, device=device)
-            noise = SeededNoise(chunk, model.shape, seed=seed, stream=SAMPLER_STREAM, device=device)
-            z = init()
-            x = z * broadcast(chunk_sigmas[..., 0].expand(len(chunk)), z)
-            chunks.append(spec.fn(counter, x, chunk_sigmas, noise, **hyper))
+            chunks.append(draw_batch(counter, spec, chunk_sigmas, rows[lo : lo + batch_size], seed=seed, hyper=hyper))
         x = torch.cat(chunks)
         if rows is not indices:
             position = {row: p for p, row in enumerate(rows)}

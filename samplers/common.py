@@ -11,7 +11,7 @@ from models.processes import broadcast
 
 from .noise import SeededNoise
 
-__all__ = ["Noise", "bc", "per_sample", "noise_or_default", "n_steps"]
+__all__ = ["Noise", "bc", "per_sample", "per_step", "noise_or_default", "n_steps"]
 
 Noise = Callable[[Tensor, Tensor], Tensor]
 
@@ -53,3 +53,13 @@ def noise_or_default(noise: Noise | None, x: Tensor) -> Noise:
 def bc(v: Tensor, x: Tensor) -> Tensor:
     """A per-sample vector [B] viewed as [B, 1, ..., 1] in x's dtype."""
     return broadcast(v, x)
+
+
+def per_step(x: Tensor, *coefficients: Tensor) -> tuple[Tensor, ...]:
+    """Per-sample schedule coefficients [B, N] (float64) as [N, B, 1, ..., 1] in x's dtype: row i scales x at step i.
+
+    Samplers do their schedule arithmetic once, in float64 and for every step at once, before the loop; inside the
+    loop only tensor-sized work is left (each step then indexes a ready coefficient: no casts, no small kernels).
+    """
+    shape = (-1, x.shape[0]) + (1,) * (x.ndim - 1)
+    return tuple(c.to(x.dtype).T.contiguous().view(shape) for c in coefficients)

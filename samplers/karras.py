@@ -7,22 +7,24 @@ import math
 import torch
 from torch import Tensor
 
-from .common import Noise, bc, n_steps, noise_or_default, per_sample
+from .common import Noise, n_steps, noise_or_default, per_sample, per_step
 
 
 def kar1(model, x: Tensor, sigmas: Tensor, noise: Noise | None = None, *, denoise: bool = True) -> Tensor:
     """Deterministic Heun sampler on dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022, Algorithm 1)."""
     sigmas = per_sample(sigmas, x, model)
     last = sigmas.shape[1] - 2
+    sigma, sigma_next = sigmas[:, :-1], sigmas[:, 1:]
+    h = sigma_next - sigma
+    inv, inv_next, step, half_step = per_step(x, 1 / sigma, 1 / sigma_next.clamp(min=1e-300), h, h / 2)
     for i in range(n_steps(sigmas, denoise)):
-        sigma, sigma_next = sigmas[:, i], sigmas[:, i + 1]
         # Euler step
-        d = (x - model(x, sigma)) / bc(sigma, x)
-        x_next = x + bc(sigma_next - sigma, x) * d
+        d = (x - model(x, sigma[:, i])) * inv[i]
+        x_next = torch.addcmul(x, step[i], d)
         # second-order correction, except on the final step to sigma = 0 (which the Euler step makes exact Tweedie)
         if i < last:
-            d_prime = (x_next - model(x_next, sigma_next)) / bc(sigma_next, x)
-            x_next = x + bc(sigma_next - sigma, x) * (0.5 * d + 0.5 * d_prime)
+            d_prime = (x_next - model(x_next, sigma_next[:, i])) * inv_next[i]
+            x_next = torch.addcmul(x, half_step[i], d + d_prime)
         x = x_next
     return x
 
@@ -44,20 +46,24 @@ def kar2(
     noise = noise_or_default(noise, x)
     last = sigmas.shape[1] - 2
     gamma_max = min(s_churn / (sigmas.shape[1] - 1), math.sqrt(2) - 1)
+    # churn: each step first raises the noise level to sigma_hat = (1 + gamma) sigma, inside [s_tmin, s_tmax]
+    sigma, sigma_next = sigmas[:, :-1], sigmas[:, 1:]
+    gamma = torch.where((sigma >= s_tmin) & (sigma <= s_tmax), gamma_max, 0.0)
+    sigma_hat = sigma * (1 + gamma)
+    h = sigma_next - sigma_hat
+    churn, inv_hat, inv_next, step, half_step = per_step(
+        x, torch.sqrt(sigma_hat**2 - sigma**2) * s_noise, 1 / sigma_hat, 1 / sigma_next.clamp(min=1e-300), h, h / 2
+    )
     for i in range(n_steps(sigmas, denoise)):
-        sigma, sigma_next = sigmas[:, i], sigmas[:, i + 1]
-        # churn: raise the noise level to sigma_hat = (1 + gamma) sigma by adding fresh noise, inside [s_tmin, s_tmax]
-        gamma = torch.where((sigma >= s_tmin) & (sigma <= s_tmax), gamma_max, 0.0)
-        sigma_hat = sigma * (1 + gamma)
-        eps = noise(sigma, sigma_hat)
-        x_hat = x + bc(torch.sqrt(sigma_hat**2 - sigma**2) * s_noise, x) * eps
+        # churn: add fresh noise to reach sigma_hat
+        x_hat = torch.addcmul(x, churn[i], noise(sigma[:, i], sigma_hat[:, i]))
         # Euler step from sigma_hat
-        d = (x_hat - model(x_hat, sigma_hat)) / bc(sigma_hat, x)
-        x_next = x_hat + bc(sigma_next - sigma_hat, x) * d
+        d = (x_hat - model(x_hat, sigma_hat[:, i])) * inv_hat[i]
+        x_next = torch.addcmul(x_hat, step[i], d)
         # second-order correction, except on the final step to sigma = 0
         if i < last:
-            d_prime = (x_next - model(x_next, sigma_next)) / bc(sigma_next, x)
-            x_next = x_hat + bc(sigma_next - sigma_hat, x) * (0.5 * d + 0.5 * d_prime)
+            d_prime = (x_next - model(x_next, sigma_next[:, i])) * inv_next[i]
+            x_next = torch.addcmul(x_hat, half_step[i], d + d_prime)
         x = x_next
     return x
 
@@ -72,14 +78,14 @@ def ddim(
     """
     sigmas = per_sample(sigmas, x, model)
     noise = noise_or_default(noise, x) if eta > 0 else None
+    sigma, sigma_next = sigmas[:, :-1], sigmas[:, 1:]
+    # DDIM's stochasticity sigma_t(eta) in VE units, and the weight of eps_hat = (x - D) / sigma in the update
+    c = eta * sigma_next * torch.sqrt((1 - sigma_next**2 / sigma**2).clamp(min=0))
+    keep, push = per_step(x, torch.sqrt(sigma_next**2 - c**2) / sigma, c)
     for i in range(n_steps(sigmas, denoise)):
-        sigma, sigma_next = sigmas[:, i], sigmas[:, i + 1]
-        # predict x0 and the noise direction
-        denoised = model(x, sigma)
-        eps_hat = (x - denoised) / bc(sigma, x)
-        # DDIM's stochasticity sigma_t(eta), in VE units
-        c = eta * sigma_next * torch.sqrt((1 - sigma_next**2 / sigma**2).clamp(min=0))
-        x = denoised + bc(torch.sqrt(sigma_next**2 - c**2), x) * eps_hat
+        # predict x0, then x_next = D + sqrt(sigma_next^2 - c^2) eps_hat (+ c z): a point between D and x
+        denoised = model(x, sigma[:, i])
+        x = torch.lerp(denoised, x, keep[i])
         if noise is not None:
-            x = x + bc(c, x) * noise(sigma, sigma_next)
+            x = x.addcmul_(push[i], noise(sigma[:, i], sigma_next[:, i]))
     return x

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from .common import Noise, bc, noise_or_default, per_sample
+from .common import Noise, bc, noise_or_default, per_sample, per_step
 
 
 def _native_walk(model, x: Tensor, sigmas: Tensor):
@@ -28,37 +28,56 @@ def _tweedie(model, x: Tensor, sigmas: Tensor, ts: Tensor, denoise: bool) -> Ten
     return model(x, sigmas[:, -2]) if denoise else x
 
 
+def _pull(model, x: Tensor, unscale: Tensor, sigma: Tensor) -> Tensor:
+    """D(x / s, sigma) - x / s for a native state x: the native score times sigma^2 s."""
+    x_ve = x * unscale
+    return model(x_ve, sigma) - x_ve
+
+
 def em(model, x: Tensor, sigmas: Tensor, noise: Noise | None = None, *, denoise: bool = True) -> Tensor:
     """Euler-Maruyama on the reverse-time SDE dx = [f - g^2 score] dt + g dw (Song et al. 2021, eq. 6)."""
     sigmas, noise = per_sample(sigmas, x, model), noise_or_default(noise, x)
     sde = model.sde
     ts, x = _native_walk(model, x, sigmas)
+    # reverse drift and diffusion at every step's t, with f = a x and score = (D(x/s) - x/s) / (sigma^2 s); dt > 0
+    # as the reverse SDE runs backwards in time: x - [f - g^2 score] dt + g sqrt(dt) z
+    #   = (1 - a dt) x + g^2 dt / (sigma^2 s) (D(x/s) - x/s) + g sqrt(dt) z
+    t, dt = ts[:, :-1], ts[:, :-1] - ts[:, 1:]
+    s, g = sde.scale(t), sde.diffusion(t)
+    keep, pull, push, unscale = per_step(
+        x, 1 - sde.drift_rate(t) * dt, g**2 * dt / (sigmas[:, :-2] ** 2 * s), g * torch.sqrt(dt), 1 / s
+    )
     for i in range(ts.shape[1] - 1):
-        t, t_next = ts[:, i], ts[:, i + 1]
-        dt = t - t_next  # > 0: the reverse SDE runs backwards in time
-        # reverse drift and diffusion at t
-        f, g = sde.sde(x, t)
-        drift = f - bc(g**2, x) * sde.native_score(model, x, t)
         # Euler-Maruyama step
-        x = x - bc(dt, x) * drift + bc(g * torch.sqrt(dt), x) * noise(sigmas[:, i], sigmas[:, i + 1])
+        d = _pull(model, x, unscale[i], sigmas[:, i])
+        x = (x * keep[i]).addcmul_(pull[i], d).addcmul_(push[i], noise(sigmas[:, i], sigmas[:, i + 1]))
     return _tweedie(model, x, sigmas, ts, denoise)
 
 
-def _reverse_diffusion(model, x: Tensor, t: Tensor, t_next: Tensor, probability_flow: bool) -> tuple[Tensor, Tensor]:
-    """score_sde's reverse-diffusion predictor mean x - f + G^2 score (G^2 / 2 for the probability flow), and G."""
-    f, big_g = model.sde.discretize(x, t, t_next)
+def _reverse_diffusion_steps(model, x: Tensor, sigmas: Tensor, ts: Tensor, probability_flow: bool):
+    """score_sde's reverse-diffusion predictor for every step, as coefficients of x_mean = keep x + pull (D - x/s).
+
+    With the discretised forward step x(t) = m x(t_next) + G z (f = (m - 1) x) and score = (D - x/s) / (sigma^2 s),
+    the predictor mean x - f + w G^2 score (w = 1/2 for the probability flow) is (2 - m) x + w G^2 / (sigma^2 s)
+    (D - x/s); the predictor then adds G z. Returns (keep, pull, G, 1/s), each [N-1, B, 1, ...].
+    """
+    sde = model.sde
+    t = ts[:, :-1]
+    m, big_g = sde.discrete_step(t, ts[:, 1:])
+    s = sde.scale(t)
     weight = 0.5 if probability_flow else 1.0
-    return x - f + bc(weight * big_g**2, x) * model.sde.native_score(model, x, t), big_g
+    return per_step(x, 2 - m, weight * big_g**2 / (sigmas[:, :-2] ** 2 * s), big_g, 1 / s)
 
 
 def rd(model, x: Tensor, sigmas: Tensor, noise: Noise | None = None, *, denoise: bool = True) -> Tensor:
     """Reverse-diffusion predictor x <- x - f + G^2 score + G z (Song et al. 2021, eq. 46), in native coordinates."""
     sigmas, noise = per_sample(sigmas, x, model), noise_or_default(noise, x)
     ts, x = _native_walk(model, x, sigmas)
+    keep, pull, push, unscale = _reverse_diffusion_steps(model, x, sigmas, ts, probability_flow=False)
     for i in range(ts.shape[1] - 1):
         # predictor mean, then fresh noise
-        x_mean, big_g = _reverse_diffusion(model, x, ts[:, i], ts[:, i + 1], probability_flow=False)
-        x = x_mean + bc(big_g, x) * noise(sigmas[:, i], sigmas[:, i + 1])
+        d = _pull(model, x, unscale[i], sigmas[:, i])
+        x = (x * keep[i]).addcmul_(pull[i], d).addcmul_(push[i], noise(sigmas[:, i], sigmas[:, i + 1]))
     return _tweedie(model, x, sigmas, ts, denoise)
 
 
@@ -66,8 +85,11 @@ def pf_euler(model, x: Tensor, sigmas: Tensor, noise: Noise | None = None, *, de
     """Probability-flow ODE with score_sde's reverse-diffusion predictor, probability_flow=True (Song et al. 2021)."""
     sigmas = per_sample(sigmas, x, model)
     ts, x = _native_walk(model, x, sigmas)
+    keep, pull, _, unscale = _reverse_diffusion_steps(model, x, sigmas, ts, probability_flow=True)
     for i in range(ts.shape[1] - 1):
-        x, _ = _reverse_diffusion(model, x, ts[:, i], ts[:, i + 1], probability_flow=True)
+        # predictor mean x - f + G^2 / 2 score, no noise
+        d = _pull(model, x, unscale[i], sigmas[:, i])
+        x = (x * keep[i]).addcmul_(pull[i], d)
     return _tweedie(model, x, sigmas, ts, denoise)
 
 
@@ -81,7 +103,7 @@ def _langevin_corrector(model, x: Tensor, t: Tensor, alpha: Tensor, snr: float, 
     grad_norm = grad.flatten(1).norm(dim=1)
     noise_norm = math.sqrt(z[0].numel())
     step = 2 * alpha * (snr * noise_norm / grad_norm) ** 2
-    return x + bc(step, x) * grad + bc(torch.sqrt(2 * step), x) * z
+    return torch.addcmul(x, bc(step, x), grad).addcmul_(bc(torch.sqrt(2 * step), x), z)
 
 
 def pc(
@@ -105,6 +127,7 @@ def pc(
     ts, x = _native_walk(model, x, sigmas)
     n_levels = ts.shape[1]
     alpha = sde.step_alpha(ts[:, :-1], ts[:, 1:]) if n_levels > 1 else torch.ones_like(ts)
+    keep, pull, push, unscale = _reverse_diffusion_steps(model, x, sigmas, ts, probability_flow=False)
     for i in range(n_levels if denoise else n_levels - 1):
         t = ts[:, i]
         # corrector: Langevin MCMC at the current noise level
@@ -114,8 +137,8 @@ def pc(
             )
         # predictor: one reverse-diffusion step to the next level (the last level hands over to the Tweedie step)
         if i < n_levels - 1:
-            x_mean, big_g = _reverse_diffusion(model, x, t, ts[:, i + 1], probability_flow=False)
-            x = x_mean + bc(big_g, x) * noise(sigmas[:, i], sigmas[:, i + 1])
+            d = _pull(model, x, unscale[i], sigmas[:, i])
+            x = (x * keep[i]).addcmul_(pull[i], d).addcmul_(push[i], noise(sigmas[:, i], sigmas[:, i + 1]))
     return _tweedie(model, x, sigmas, ts, denoise)
 
 
@@ -136,13 +159,14 @@ def ald(
     if n_steps_each < 1:
         raise ValueError(f"ald needs n_steps_each >= 1, got {n_steps_each}")
     sigmas, noise = per_sample(sigmas, x, model), noise_or_default(noise, x)
-    sigma_last = sigmas[:, -2]
+    sigma, sigma_last = sigmas[:, :-1], sigmas[:, -2:-1]
     eps_ = 0.2 * sigma_last**2 if eps is None else torch.full_like(sigma_last, eps)
-    for i in range(sigmas.shape[1] - 1):
-        sigma = sigmas[:, i]
-        alpha = eps_ * (sigma / sigma_last) ** 2
+    alpha = eps_ * (sigma / sigma_last) ** 2  # step size at every level [B, L]
+    # with score = (D - x) / sigma^2 the Langevin step is x + alpha / (2 sigma^2) (D - x) + sqrt(alpha) z
+    half, root = per_step(x, alpha / (2 * sigma**2), torch.sqrt(alpha))
+    for i in range(sigma.shape[1]):
         for _ in range(n_steps_each):
             # Langevin step x <- x + alpha/2 score + sqrt(alpha) z at fixed sigma
-            score = (model(x, sigma) - x) / bc(sigma, x) ** 2
-            x = x + bc(alpha / 2, x) * score + bc(torch.sqrt(alpha), x) * noise(sigma, sigma)
-    return model(x, sigma_last) if denoise else x
+            d = model(x, sigma[:, i]) - x
+            x = torch.addcmul(x, half[i], d).addcmul_(root[i], noise(sigma[:, i], sigma[:, i]))
+    return model(x, sigmas[:, -2]) if denoise else x

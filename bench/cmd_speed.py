@@ -1,0 +1,124 @@
+"""`scorebench speed`: sampler overhead (sampler time / model-only time) and the speed regression gate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+DESCRIPTION = """\
+Time every sampler against a replay of its own model evaluations (same batch, same NFE), interleaved in one run,
+and report ratio = sampler time / model-only time and overhead = the share of the sampler's time spent outside the
+model. With a baseline (default: results/benchmarks/speed_baseline.json when it exists), fail (exit 1) when a ratio
+exceeds the baseline's by more than the tolerance or a measured NFE changed. Ratios, unlike seconds, carry over
+between runs of one machine; record a baseline for your own checkpoints and device with --update-baseline.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from bench.speed import DEFAULT_BASELINE, DEFAULT_TOLERANCE
+
+    p = sub.add_parser(
+        "speed",
+        help="sampler overhead vs model-only time, and the speed regression gate",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", nargs="+", default=["gmm-64d"], metavar="SPEC", help="model specs (default: gmm-64d)")
+    p.add_argument("--samplers", nargs="+", metavar="NAME", help="samplers to time (default: every registered one)")
+    p.add_argument("--nfe", type=int, default=50, help="NFE budget per sample (default: 50)")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per batch (default: 256)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--repeats", type=int, default=7, help="interleaved timed pairs per workload (default: 7)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default: 1, the most reproducible; 0: torch's own)"
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help=f"baseline JSON to gate against or update (default: {DEFAULT_BASELINE} if it exists)",
+    )
+    p.add_argument("--update-baseline", action="store_true", help="write the measured ratios into the baseline")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help=f"allowed relative increase of a ratio over its baseline (default: {DEFAULT_TOLERANCE})",
+    )
+    p.add_argument(
+        "--max-overhead",
+        type=float,
+        default=None,
+        metavar="F",
+        help="also fail when a sampler's overhead exceeds this fraction (e.g. 0.2)",
+    )
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the measured rows as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from bench.speed import (
+        DEFAULT_BASELINE,
+        check,
+        environment,
+        format_rows,
+        format_verdicts,
+        load_baseline,
+        run_gate,
+        save_baseline,
+    )
+
+    if args.nfe < 1 or args.batch_size < 1 or args.repeats < 1:
+        raise ValueError("--nfe, --batch-size and --repeats must be positive")
+    if args.tolerance <= 0:
+        raise ValueError(f"--tolerance must be positive, got {args.tolerance}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available")
+    if device.type == "cpu" and args.threads > 0:
+        torch.set_num_threads(args.threads)
+    baseline_path = args.baseline or DEFAULT_BASELINE
+    baseline = load_baseline(baseline_path)  # fail on a malformed file before the long part
+    if args.baseline is not None and not baseline and not args.update_baseline:
+        raise ValueError(f"baseline {args.baseline} does not exist (record one with --update-baseline)")
+
+    rows = run_gate(
+        args.model,
+        args.samplers,
+        nfe=args.nfe,
+        batch=args.batch_size,
+        device=str(device),
+        repeats=args.repeats,
+        progress=sys.stderr.isatty(),
+    )
+    print(f"device {device.type}, {torch.get_num_threads()} CPU thread(s), {args.repeats} interleaved repeats")
+    print(format_rows(rows))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps({"environment": environment(), "rows": [asdict(r) for r in rows]}, indent=1) + "\n"
+        )
+
+    failed = []
+    if args.update_baseline:
+        save_baseline(baseline_path, rows)
+        print(f"\nbaseline updated: {baseline_path}")
+    elif baseline:
+        verdicts = check(rows, baseline, args.tolerance)
+        print(f"\ngate against {baseline_path} (tolerance {args.tolerance:+.0%} on the ratio):")
+        print(format_verdicts(verdicts, args.tolerance))
+        failed += [f"{v.row.model}/{v.row.sampler}: {v.status}" for v in verdicts if v.failed]
+    else:
+        print(f"\nno baseline at {baseline_path}: nothing to gate against (record one with --update-baseline)")
+    if args.max_overhead is not None:
+        over = [r for r in rows if r.overhead > args.max_overhead]
+        failed += [f"{r.model}/{r.sampler}: overhead {r.overhead:.1%} > {args.max_overhead:.0%}" for r in over]
+    if failed:
+        print("\nFAILED: " + "; ".join(failed), file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,376 @@
+"""Sampler speed: the time a sampler spends outside model evaluations, and a regression gate on it.
+
+Absolute seconds drift between runs and machines, so the gate compares ratios measured side by side in one run. For
+every (model, sampler) workload, one untimed pass records the model inputs the sampler produces; then the sampler
+itself and a replay of exactly those model evaluations (same batch, same NFE, nothing else) are timed, interleaved:
+
+    ratio = sampler time / model-only time            overhead = 1 - model-only time / sampler time
+
+Each repeat times the sampler and the replay back to back (in alternating order), so both see the same load; the
+ratio is the median over repeats of these paired ratios. On a loaded machine this is markedly steadier than ratios
+of minimum times (results/benchmarks/README.md has the measurements). On the CPU the clock is the process's CPU
+time, which does not count time the OS gave to other processes (torch runs single-threaded by default here); on
+CUDA it is wall-clock with the device synchronised around every timed pass.
+
+A workload fails the gate when its ratio exceeds the baseline's by more than the tolerance, or when its measured NFE
+differs from the baseline's. Baselines are JSON files (results/benchmarks/speed_baseline.json for this repository).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from models import CountingDenoiser, Denoiser, load_model
+from samplers import SAMPLERS, SamplerSpec, make_schedule, steps_for_budget
+from samplers.api import TOLERANCES, draw_batch, synchronize
+
+__all__ = [
+    "DEFAULT_BASELINE",
+    "DEFAULT_TOLERANCE",
+    "SpeedRow",
+    "Verdict",
+    "Workload",
+    "check",
+    "format_rows",
+    "format_verdicts",
+    "load_baseline",
+    "measure",
+    "plan",
+    "run_gate",
+    "save_baseline",
+]
+
+DEFAULT_BASELINE = Path("results/benchmarks/speed_baseline.json")
+# Gate tolerance on the ratio: a workload fails above baseline * (1 + tolerance). The ratio's run-to-run spread on a
+# loaded 2-core machine stays within about +-8% (results/benchmarks/README.md); 0.25 leaves a wide margin against
+# false alarms and still catches any slowdown of the whole sampler by 1.3x or more.
+DEFAULT_TOLERANCE = 0.25
+RECORD_LIMIT_BYTES = 1 << 30  # model inputs kept for the replay; beyond this the last kept input is reused
+
+
+class _Recorder(CountingDenoiser):
+    """Counts evaluations and keeps (x, sigma) of every call, for the model-only replay."""
+
+    def __init__(self, inner: Denoiser):
+        super().__init__(inner)
+        self.inputs: list[tuple[Tensor, Tensor]] = []
+        self._bytes = 0
+
+    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        if self._bytes < RECORD_LIMIT_BYTES or not self.inputs:
+            self.inputs.append((x.clone(), sigma.clone()))
+            self._bytes += x.numel() * x.element_size()
+        else:
+            self.inputs.append((self.inputs[-1][0], sigma.clone()))
+        return super().forward(x, sigma)
+
+
+@dataclass(eq=False)
+class Workload:
+    """One sampler on one model at a fixed NFE budget and batch, with everything needed to time it."""
+
+    model_name: str
+    model: Denoiser
+    spec: SamplerSpec
+    nfe_budget: int
+    batch: int
+    sigmas: Tensor
+    hyper: dict[str, Any]
+    steps: int | None  # noise levels (None for adaptive samplers)
+    nfe: float  # measured evaluations per sample
+    inputs: list[tuple[Tensor, Tensor]] = field(repr=False)  # the model inputs of one pass
+    seed: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.sigmas.device
+
+    def run_sampler(self) -> Tensor:
+        return draw_batch(self.model, self.spec, self.sigmas, list(range(self.batch)), seed=self.seed, hyper=self.hyper)
+
+    def run_model(self) -> None:
+        model = self.model
+        for x, sigma in self.inputs:
+            model(x, sigma)
+
+
+def _record(model: Denoiser, spec: SamplerSpec, sigmas: Tensor, batch: int, hyper: dict, seed: int) -> _Recorder:
+    recorder = _Recorder(model)
+    with torch.no_grad():
+        draw_batch(recorder, spec, sigmas, list(range(batch)), seed=seed, hyper=hyper)
+    return recorder
+
+
+def plan(
+    model: Denoiser,
+    spec: SamplerSpec,
+    nfe: int,
+    batch: int,
+    *,
+    model_name: str | None = None,
+    seed: int = 0,
+    hyper: dict[str, Any] | None = None,
+) -> Workload:
+    """Fit `spec` into the NFE budget (largest step count; loosest-first tolerance sweep if adaptive) and record the
+    model inputs of one pass. `spec` need not be registered: a test may pass a modified one."""
+    if batch < 1:
+        raise ValueError(f"batch size must be positive, got {batch}")
+    device = model.device
+    resolved = spec.resolve(hyper or {})
+    if not spec.adaptive:
+        steps: int | None = steps_for_budget(spec, nfe, resolved)
+        sigmas = make_schedule(spec.schedule, model, steps).to(device)
+        recorder = _record(model, spec, sigmas, batch, resolved, seed)
+    else:
+        steps, sigmas, recorder = None, make_schedule(spec.schedule, model, 2).to(device), None
+        given = "rtol" in (hyper or {}) or "atol" in (hyper or {})
+        for tol in [None] if given else TOLERANCES:
+            trial = resolved if tol is None else {**resolved, "rtol": tol, "atol": tol}
+            attempt = _record(model, spec, sigmas, batch, trial, seed)
+            if attempt.evals / batch > nfe:
+                break
+            recorder, resolved = attempt, trial
+        if recorder is None:
+            raise ValueError(f"{spec.name} cannot meet an NFE budget of {nfe} on {model_name or model.name}")
+    measured = recorder.evals / batch
+    if measured > nfe:
+        raise ValueError(f"{spec.name} took {measured:g} NFE per sample, over the budget of {nfe}")
+    return Workload(
+        model_name or model.name, model, spec, nfe, batch, sigmas, resolved, steps, measured, recorder.inputs, seed
+    )
+
+
+@dataclass(frozen=True)
+class SpeedRow:
+    model: str
+    sampler: str
+    nfe_budget: int
+    nfe: float
+    batch: int
+    device: str
+    sampler_ms: float  # median over repeats of one sampling pass
+    model_ms: float  # median over repeats of the replayed model evaluations alone
+    ratio: float  # median over repeats of (sampler time / model-only time), each pair timed back to back
+    overhead: float  # share of the sampler's time spent outside model evaluations: 1 - 1 / ratio
+    spread: float  # (max - min) / median of the per-repeat ratios: how noisy this run was
+
+    @property
+    def key(self) -> str:
+        return baseline_key(self.model, self.sampler, self.nfe_budget, self.batch, self.device)
+
+
+def baseline_key(model: str, sampler: str, nfe_budget: int, batch: int, device: str) -> str:
+    return f"{model}|{sampler}|nfe={nfe_budget}|batch={batch}|{torch.device(device).type}"
+
+
+def _clock(device: torch.device) -> Callable[[], float]:
+    return time.perf_counter if device.type == "cuda" else time.process_time
+
+
+def _timed(fn: Callable[[], Any], device: torch.device, clock: Callable[[], float]) -> float:
+    synchronize(device)
+    start = clock()
+    fn()
+    synchronize(device)
+    return clock() - start
+
+
+def measure(workloads: Sequence[Workload], repeats: int = 7, progress: Callable[[int], None] | None = None):
+    """Time every workload's sampler and model-only replay, interleaved, `repeats` times; one SpeedRow each.
+
+    Order alternates between repeats (sampler first, then replay first) so that slow drifts hit both alike.
+    `progress(n)` is called after each timed pair.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be positive, got {repeats}")
+    times = {id(w): ([], []) for w in workloads}
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()  # no collector pauses inside a timed pass
+    try:
+        with torch.no_grad():
+            for w in workloads:  # warm-up, untimed
+                w.run_sampler()
+                w.run_model()
+            for r in range(repeats):
+                for w in workloads:
+                    clock = _clock(w.device)
+                    sampler_t, model_t = times[id(w)]
+                    if r % 2 == 0:
+                        sampler_t.append(_timed(w.run_sampler, w.device, clock))
+                        model_t.append(_timed(w.run_model, w.device, clock))
+                    else:
+                        model_t.append(_timed(w.run_model, w.device, clock))
+                        sampler_t.append(_timed(w.run_sampler, w.device, clock))
+                    if progress is not None:
+                        progress(1)
+    finally:
+        if was_enabled:
+            gc.enable()
+    rows = []
+    for w in workloads:
+        sampler_t, model_t = times[id(w)]
+        pairs = sorted(a / b for a, b in zip(sampler_t, model_t, strict=True))
+        ratio = statistics.median(pairs)
+        rows.append(
+            SpeedRow(
+                model=w.model_name,
+                sampler=w.spec.name,
+                nfe_budget=w.nfe_budget,
+                nfe=w.nfe,
+                batch=w.batch,
+                device=w.device.type,
+                sampler_ms=1e3 * statistics.median(sampler_t),
+                model_ms=1e3 * statistics.median(model_t),
+                ratio=ratio,
+                overhead=1 - 1 / ratio,
+                spread=(pairs[-1] - pairs[0]) / ratio,
+            )
+        )
+    return rows
+
+
+# --- the gate ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Verdict:
+    row: SpeedRow
+    baseline: dict[str, Any] | None  # the baseline entry, if any
+    limit: float | None  # the largest ratio that passes
+    status: str  # "ok", "slower", "nfe-changed" or "new" (no baseline entry)
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("slower", "nfe-changed")
+
+
+def load_baseline(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Baseline entries by key; an empty dict if the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return {
+            baseline_key(e["model"], e["sampler"], e["nfe_budget"], e["batch"], e["device"]): e for e in data["entries"]
+        }
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a speed baseline ({err})") from err
+
+
+def save_baseline(path: str | Path, rows: Iterable[SpeedRow]) -> None:
+    """Write rows into the baseline at `path`, replacing entries with the same key and keeping the others."""
+    path = Path(path)
+    entries = load_baseline(path)
+    for row in rows:
+        entries[row.key] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(row).items()}
+    data = {
+        "about": "scorebench speed baseline: ratio = sampler time / model-only time, measured in one run; "
+        "`scorebench speed` fails when a ratio exceeds the baseline by more than the tolerance",
+        "environment": environment(),
+        "entries": [entries[k] for k in sorted(entries)],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def check(rows: Iterable[SpeedRow], baseline: dict[str, dict[str, Any]], tolerance: float) -> list[Verdict]:
+    verdicts = []
+    for row in rows:
+        entry = baseline.get(row.key)
+        if entry is None:
+            verdicts.append(Verdict(row, None, None, "new"))
+            continue
+        limit = entry["ratio"] * (1 + tolerance)
+        if not math.isclose(row.nfe, entry["nfe"]):
+            status = "nfe-changed"
+        elif row.ratio > limit:
+            status = "slower"
+        else:
+            status = "ok"
+        verdicts.append(Verdict(row, entry, limit, status))
+    return verdicts
+
+
+# --- running it --------------------------------------------------------------------------------------------------
+def run_gate(
+    models: Sequence[str],
+    samplers: Sequence[str] | None = None,
+    *,
+    nfe: int = 50,
+    batch: int = 256,
+    device: str = "cpu",
+    repeats: int = 7,
+    specs: dict[str, SamplerSpec] | None = None,
+    progress: bool = False,
+) -> list[SpeedRow]:
+    """Plan and measure every (model, sampler) pair. `specs` overrides the registry (tests inject slowdowns)."""
+    registry = {**SAMPLERS, **(specs or {})}
+    names = list(samplers) if samplers else list(registry)
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise ValueError(f"unknown sampler {', '.join(map(repr, unknown))}; known: {', '.join(registry)}")
+    workloads = []
+    for model_name in models:
+        model = load_model(model_name, device=device)
+        for name in names:
+            workloads.append(plan(model, registry[name], nfe, batch, model_name=model_name))
+    if not progress:
+        return measure(workloads, repeats)
+    from tqdm import tqdm
+
+    with tqdm(total=repeats * len(workloads), desc="timing", unit="pair", leave=False) as bar:
+        return measure(workloads, repeats, progress=bar.update)
+
+
+def format_rows(rows: Sequence[SpeedRow]) -> str:
+    lines = [
+        f"{'model':<12} {'sampler':<12} {'NFE':>5} {'batch':>5} {'sampler ms':>11} {'model ms':>9} "
+        f"{'ratio':>6} {'overhead':>8} {'spread':>6}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r.model:<12} {r.sampler:<12} {r.nfe:>5g} {r.batch:>5} {r.sampler_ms:>11.1f} {r.model_ms:>9.1f} "
+            f"{r.ratio:>6.3f} {r.overhead:>8.1%} {r.spread:>6.1%}"
+        )
+    return "\n".join(lines)
+
+
+def format_verdicts(verdicts: Sequence[Verdict], tolerance: float) -> str:
+    lines = [f"{'model':<12} {'sampler':<12} {'NFE':>5} {'ratio':>6} {'baseline':>8} {'limit':>6}  verdict"]
+    for v in verdicts:
+        r = v.row
+        base = f"{v.baseline['ratio']:>8.3f}" if v.baseline else f"{'-':>8}"
+        limit = f"{v.limit:>6.3f}" if v.limit else f"{'-':>6}"
+        status = {
+            "ok": "ok",
+            "new": "no baseline",
+            "slower": f"SLOWER: ratio over baseline x{1 + tolerance:g}",
+            "nfe-changed": f"NFE CHANGED (baseline {v.baseline['nfe']:g})" if v.baseline else "",
+        }[v.status]
+        lines.append(f"{r.model:<12} {r.sampler:<12} {r.nfe:>5g} {r.ratio:>6.3f} {base} {limit}  {status}")
+    return "\n".join(lines)
