@@ -18,7 +18,7 @@ between runs of one machine; record a baseline for your own checkpoints and devi
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from bench.speed import DEFAULT_BASELINE, DEFAULT_TOLERANCE
+    from bench.speed import BASELINE_REPEATS, DEFAULT_BASELINE, DEFAULT_TOLERANCE, GATE_REPEATS
 
     p = sub.add_parser(
         "speed",
@@ -31,7 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nfe", type=int, default=50, help="NFE budget per sample (default: 50)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per batch (default: 256)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--repeats", type=int, default=7, help="interleaved timed pairs per workload (default: 7)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"interleaved timed pairs per workload (default: {GATE_REPEATS}; with --update-baseline "
+        f"{BASELINE_REPEATS}, so that a baseline carries less noise than the runs checked against it)",
+    )
     p.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (default: 1, the most reproducible; 0: torch's own)"
     )
@@ -63,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from bench.speed import (
+        BASELINE_REPEATS,
         DEFAULT_BASELINE,
+        GATE_REPEATS,
         check,
         environment,
         format_rows,
@@ -73,15 +81,14 @@ def run(args: argparse.Namespace) -> int:
         save_baseline,
     )
 
-    if args.nfe < 1 or args.batch_size < 1 or args.repeats < 1:
+    repeats = args.repeats or (BASELINE_REPEATS if args.update_baseline else GATE_REPEATS)
+    if args.nfe < 1 or args.batch_size < 1 or repeats < 1:
         raise ValueError("--nfe, --batch-size and --repeats must be positive")
     if args.tolerance <= 0:
         raise ValueError(f"--tolerance must be positive, got {args.tolerance}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available")
-    if device.type == "cpu" and args.threads > 0:
-        torch.set_num_threads(args.threads)
     baseline_path = args.baseline or DEFAULT_BASELINE
     baseline = load_baseline(baseline_path)  # fail on a malformed file before the long part
     if args.baseline is not None and not baseline and not args.update_baseline:
@@ -93,10 +100,12 @@ def run(args: argparse.Namespace) -> int:
         nfe=args.nfe,
         batch=args.batch_size,
         device=str(device),
-        repeats=args.repeats,
+        repeats=repeats,
+        threads=args.threads or None,
         progress=sys.stderr.isatty(),
     )
-    print(f"device {device.type}, {torch.get_num_threads()} CPU thread(s), {args.repeats} interleaved repeats")
+    threads = f", {args.threads or torch.get_num_threads()} CPU thread(s)" if device.type == "cpu" else ""
+    print(f"device {device}{threads}, {repeats} interleaved repeats")
     print(format_rows(rows))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

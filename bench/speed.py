@@ -39,6 +39,8 @@ from samplers.api import TOLERANCES, draw_batch, synchronize
 __all__ = [
     "DEFAULT_BASELINE",
     "DEFAULT_TOLERANCE",
+    "GATE_REPEATS",
+    "BASELINE_REPEATS",
     "SpeedRow",
     "Verdict",
     "Workload",
@@ -56,7 +58,8 @@ DEFAULT_BASELINE = Path("results/benchmarks/speed_baseline.json")
 # Gate tolerance on the ratio: a workload fails above baseline * (1 + tolerance). The ratio's run-to-run spread on a
 # loaded 2-core machine stays within about +-8% (results/benchmarks/README.md); 0.25 leaves a wide margin against
 # false alarms and still catches any slowdown of the whole sampler by 1.3x or more.
-DEFAULT_TOLERANCE = 0.25
+DEFAULT_TOLERANCE = 0.3
+GATE_REPEATS, BASELINE_REPEATS = 11, 31  # timed pairs per workload: checking, and recording a baseline
 RECORD_LIMIT_BYTES = 1 << 30  # model inputs kept for the replay; beyond this the last kept input is reused
 
 
@@ -160,6 +163,7 @@ class SpeedRow:
     nfe: float
     batch: int
     device: str
+    threads: int  # torch CPU threads (0 on CUDA)
     sampler_ms: float  # median over repeats of one sampling pass
     model_ms: float  # median over repeats of the replayed model evaluations alone
     ratio: float  # median over repeats of (sampler time / model-only time), each pair timed back to back
@@ -168,11 +172,13 @@ class SpeedRow:
 
     @property
     def key(self) -> str:
-        return baseline_key(self.model, self.sampler, self.nfe_budget, self.batch, self.device)
+        return baseline_key(self.model, self.sampler, self.nfe_budget, self.batch, self.device, self.threads)
 
 
-def baseline_key(model: str, sampler: str, nfe_budget: int, batch: int, device: str) -> str:
-    return f"{model}|{sampler}|nfe={nfe_budget}|batch={batch}|{torch.device(device).type}"
+def baseline_key(model: str, sampler: str, nfe_budget: int, batch: int, device: str, threads: int) -> str:
+    """Ratios are comparable only for the same workload on the same kind of device and CPU thread count."""
+    where = "cuda" if torch.device(device).type == "cuda" else f"cpu x{threads}"
+    return f"{model}|{sampler}|nfe={nfe_budget}|batch={batch}|{where}"
 
 
 def _clock(device: torch.device) -> Callable[[], float]:
@@ -187,7 +193,7 @@ def _timed(fn: Callable[[], Any], device: torch.device, clock: Callable[[], floa
     return clock() - start
 
 
-def measure(workloads: Sequence[Workload], repeats: int = 7, progress: Callable[[int], None] | None = None):
+def measure(workloads: Sequence[Workload], repeats: int = GATE_REPEATS, progress: Callable[[int], None] | None = None):
     """Time every workload's sampler and model-only replay, interleaved, `repeats` times; one SpeedRow each.
 
     Order alternates between repeats (sampler first, then replay first) so that slow drifts hit both alike.
@@ -232,6 +238,7 @@ def measure(workloads: Sequence[Workload], repeats: int = 7, progress: Callable[
                 nfe=w.nfe,
                 batch=w.batch,
                 device=w.device.type,
+                threads=torch.get_num_threads() if w.device.type == "cpu" else 0,
                 sampler_ms=1e3 * statistics.median(sampler_t),
                 model_ms=1e3 * statistics.median(model_t),
                 ratio=ratio,
@@ -262,9 +269,8 @@ def load_baseline(path: str | Path) -> dict[str, dict[str, Any]]:
         return {}
     try:
         data = json.loads(path.read_text())
-        return {
-            baseline_key(e["model"], e["sampler"], e["nfe_budget"], e["batch"], e["device"]): e for e in data["entries"]
-        }
+        keys = ("model", "sampler", "nfe_budget", "batch", "device", "threads")
+        return {baseline_key(*(e[k] for k in keys)): e for e in data["entries"]}
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a speed baseline ({err})") from err
 
@@ -294,7 +300,6 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "threads": torch.get_num_threads(),
     }
 
 
@@ -324,27 +329,35 @@ def run_gate(
     nfe: int = 50,
     batch: int = 256,
     device: str = "cpu",
-    repeats: int = 7,
+    repeats: int = GATE_REPEATS,
+    threads: int | None = 1,
     specs: dict[str, SamplerSpec] | None = None,
     progress: bool = False,
 ) -> list[SpeedRow]:
-    """Plan and measure every (model, sampler) pair. `specs` overrides the registry (tests inject slowdowns)."""
+    """Plan and measure every (model, sampler) pair. On the CPU torch runs on `threads` threads for the duration
+    (None: leave as is). `specs` overrides registry entries (the gate's own tests inject slowdowns this way)."""
     registry = {**SAMPLERS, **(specs or {})}
     names = list(samplers) if samplers else list(registry)
     unknown = [n for n in names if n not in registry]
     if unknown:
         raise ValueError(f"unknown sampler {', '.join(map(repr, unknown))}; known: {', '.join(registry)}")
-    workloads = []
-    for model_name in models:
-        model = load_model(model_name, device=device)
-        for name in names:
-            workloads.append(plan(model, registry[name], nfe, batch, model_name=model_name))
-    if not progress:
-        return measure(workloads, repeats)
-    from tqdm import tqdm
+    previous_threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu" and threads:
+        torch.set_num_threads(threads)
+    try:
+        workloads = []
+        for model_name in models:
+            model = load_model(model_name, device=device)
+            for name in names:
+                workloads.append(plan(model, registry[name], nfe, batch, model_name=model_name))
+        if not progress:
+            return measure(workloads, repeats)
+        from tqdm import tqdm
 
-    with tqdm(total=repeats * len(workloads), desc="timing", unit="pair", leave=False) as bar:
-        return measure(workloads, repeats, progress=bar.update)
+        with tqdm(total=repeats * len(workloads), desc="timing", unit="pair", leave=False) as bar:
+            return measure(workloads, repeats, progress=bar.update)
+    finally:
+        torch.set_num_threads(previous_threads)
 
 
 def format_rows(rows: Sequence[SpeedRow]) -> str:

@@ -1,0 +1,53 @@
+"""pytest-benchmark timings: every registered sampler at a fixed NFE on gmm-64d and digits-ve, and one model evaluation
+of each model for scale. Run with `pytest -m benchmark tests/benchmarks` (the unit-test run deselects them).
+
+The samplers are read from the registry when this module is collected, so newly registered ones (dlg+X) are timed
+without edits. Seconds here are informational (they drift ~10% between runs); the regression gate compares ratios
+instead (bench/speed.py, `scorebench speed`).
+"""
+
+from functools import cache
+
+import pytest
+import torch
+
+from bench.speed import plan
+from models import MODELS, Denoiser, load_model
+from samplers import SAMPLERS
+
+pytestmark = pytest.mark.benchmark
+
+NFE = 50
+BATCH = {"gmm-64d": 256, "digits-ve": 64}
+
+
+@cache
+def model_for(name: str) -> Denoiser:
+    if name not in MODELS:
+        pytest.skip(f"model {name!r} is not registered in this installation (its checkpoint is not shipped yet)")
+    return load_model(name)
+
+
+@pytest.mark.parametrize("model_name", list(BATCH))
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_sampler(benchmark, model_name: str, sampler: str):
+    model = model_for(model_name)
+    workload = plan(model, SAMPLERS[sampler], NFE, BATCH[model_name], model_name=model_name)
+    benchmark.group = f"{model_name}, NFE<={NFE}, batch {workload.batch}"
+    benchmark.extra_info.update(nfe=workload.nfe, steps=workload.steps, batch=workload.batch)
+    with torch.no_grad():
+        x = benchmark.pedantic(workload.run_sampler, rounds=5, warmup_rounds=1)
+    assert x.shape == (workload.batch, *model.shape) and bool(torch.isfinite(x).all())
+
+
+@pytest.mark.parametrize("model_name", list(BATCH))
+def test_one_model_evaluation(benchmark, model_name: str):
+    """The unit the sampler timings are made of: one denoiser call on a batch."""
+    model = model_for(model_name)
+    batch = BATCH[model_name]
+    x = torch.randn(batch, *model.shape)
+    sigma = torch.full((batch,), 1.0, dtype=torch.float64)
+    benchmark.group = f"{model_name}, one model evaluation, batch {batch}"
+    with torch.no_grad():
+        out = benchmark.pedantic(model, (x, sigma), rounds=20, warmup_rounds=2)
+    assert out.shape == x.shape
