@@ -80,6 +80,22 @@ class _Recorder(CountingDenoiser):
         return super().forward(x, sigma)
 
 
+class _CallTimer(Denoiser):
+    """Times every model call (CPU clock) inside a sampling pass: the pass's time spent in model evaluations."""
+
+    def __init__(self, inner: Denoiser, clock: Callable[[], float]):
+        super().__init__(
+            shape=inner.shape, sde=inner.sde, sigma_min=inner.sigma_min, sigma_max=inner.sigma_max, name=inner.name
+        )
+        self.inner, self.clock, self.seconds = inner, clock, 0.0
+
+    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        start = self.clock()
+        out = self.inner(x, sigma)
+        self.seconds += self.clock() - start
+        return out
+
+
 @dataclass(eq=False)
 class Workload:
     """One sampler on one model at a fixed NFE budget and batch, with everything needed to time it."""
@@ -100,8 +116,9 @@ class Workload:
     def device(self) -> torch.device:
         return self.sigmas.device
 
-    def run_sampler(self) -> Tensor:
-        return draw_batch(self.model, self.spec, self.sigmas, list(range(self.batch)), seed=self.seed, hyper=self.hyper)
+    def run_sampler(self, model: Denoiser | None = None) -> Tensor:
+        model = self.model if model is None else model
+        return draw_batch(model, self.spec, self.sigmas, list(range(self.batch)), seed=self.seed, hyper=self.hyper)
 
     def run_model(self) -> None:
         model = self.model
@@ -166,8 +183,10 @@ class SpeedRow:
     threads: int  # torch CPU threads (0 on CUDA)
     sampler_ms: float  # median over repeats of one sampling pass
     model_ms: float  # median over repeats of the replayed model evaluations alone
-    ratio: float  # median over repeats of (sampler time / model-only time), each pair timed back to back
-    overhead: float  # share of the sampler's time spent outside model evaluations: 1 - 1 / ratio
+    ratio: float  # median over repeats of (sampler time / model-only time), each pair timed back to back: gated
+    # share of a sampling pass spent outside model evaluations: on the CPU measured directly (each model call in the
+    # pass is timed), on CUDA estimated as 1 - 1 / ratio (timing single calls there would need a sync per call)
+    overhead: float
     spread: float  # (max - min) / median of the per-repeat ratios: how noisy this run was
 
     @property
@@ -196,12 +215,13 @@ def _timed(fn: Callable[[], Any], device: torch.device, clock: Callable[[], floa
 def measure(workloads: Sequence[Workload], repeats: int = GATE_REPEATS, progress: Callable[[int], None] | None = None):
     """Time every workload's sampler and model-only replay, interleaved, `repeats` times; one SpeedRow each.
 
-    Order alternates between repeats (sampler first, then replay first) so that slow drifts hit both alike.
+    Order alternates between repeats (sampler first, then replay first) so that slow drifts hit both alike. On the
+    CPU the sampler pass also times each of its model calls (a clock read around each: ~1 us against ~1 ms calls).
     `progress(n)` is called after each timed pair.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be positive, got {repeats}")
-    times = {id(w): ([], []) for w in workloads}
+    times: dict[int, tuple[list[float], list[float], list[float]]] = {id(w): ([], [], []) for w in workloads}
     gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()  # no collector pauses inside a timed pass
@@ -213,13 +233,18 @@ def measure(workloads: Sequence[Workload], repeats: int = GATE_REPEATS, progress
             for r in range(repeats):
                 for w in workloads:
                     clock = _clock(w.device)
-                    sampler_t, model_t = times[id(w)]
+                    sampler_t, model_t, inside_t = times[id(w)]
+                    timer = _CallTimer(w.model, clock) if w.device.type == "cpu" else None
+
+                    def sampler_pass(w=w, timer=timer):
+                        w.run_sampler(timer)
+
+                    if r % 2 == 1:
+                        model_t.append(_timed(w.run_model, w.device, clock))
+                    sampler_t.append(_timed(sampler_pass, w.device, clock))
+                    inside_t.append(timer.seconds if timer is not None else math.nan)
                     if r % 2 == 0:
-                        sampler_t.append(_timed(w.run_sampler, w.device, clock))
                         model_t.append(_timed(w.run_model, w.device, clock))
-                    else:
-                        model_t.append(_timed(w.run_model, w.device, clock))
-                        sampler_t.append(_timed(w.run_sampler, w.device, clock))
                     if progress is not None:
                         progress(1)
     finally:
@@ -227,9 +252,13 @@ def measure(workloads: Sequence[Workload], repeats: int = GATE_REPEATS, progress
             gc.enable()
     rows = []
     for w in workloads:
-        sampler_t, model_t = times[id(w)]
+        sampler_t, model_t, inside_t = times[id(w)]
         pairs = sorted(a / b for a, b in zip(sampler_t, model_t, strict=True))
         ratio = statistics.median(pairs)
+        if w.device.type == "cpu":
+            overhead = statistics.median(1 - inside / total for inside, total in zip(inside_t, sampler_t, strict=True))
+        else:
+            overhead = 1 - 1 / ratio
         rows.append(
             SpeedRow(
                 model=w.model_name,
@@ -242,7 +271,7 @@ def measure(workloads: Sequence[Workload], repeats: int = GATE_REPEATS, progress
                 sampler_ms=1e3 * statistics.median(sampler_t),
                 model_ms=1e3 * statistics.median(model_t),
                 ratio=ratio,
-                overhead=1 - 1 / ratio,
+                overhead=overhead,
                 spread=(pairs[-1] - pairs[0]) / ratio,
             )
         )

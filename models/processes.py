@@ -44,6 +44,10 @@ class Process:
         """s(t) with x_native = s(t) * x_ve."""
         raise NotImplementedError
 
+    def sigma_scale(self, sigma: Tensor) -> Tensor:
+        """s at the time whose noise level is sigma (what a network wrapper needs per call, without t)."""
+        return self.scale(self.t(sigma))
+
     @property
     def sigma_min(self) -> float:
         return float(self.sigma(torch.tensor(self.t_min, dtype=torch.float64)))
@@ -134,6 +138,9 @@ class VEProcess(Process):
     def scale(self, t: Tensor) -> Tensor:
         return torch.ones_like(t)
 
+    def sigma_scale(self, sigma: Tensor) -> Tensor:
+        return torch.ones_like(sigma)
+
     def drift_rate(self, t: Tensor) -> Tensor:
         return torch.zeros_like(t)
 
@@ -172,6 +179,9 @@ class _VarPreserving(Process):
 
     def scale(self, t: Tensor) -> Tensor:
         return torch.exp(0.5 * self.log_alpha_bar(t))
+
+    def sigma_scale(self, sigma: Tensor) -> Tensor:
+        return torch.rsqrt(1 + sigma**2)  # sqrt(alpha_bar), as sigma^2 = (1 - alpha_bar) / alpha_bar
 
     def drift_rate(self, t: Tensor) -> Tensor:
         return -0.5 * self.beta(t)
@@ -225,13 +235,20 @@ class DDPMProcess(_VarPreserving):
         self.t_min = 1.0 / self.T
         # knots of -log alpha_bar at t = 0, 1/T, ..., 1 (strictly increasing)
         self._neg_log_ab = torch.cat([torch.zeros(1, dtype=torch.float64), -torch.cumsum(torch.log1p(-betas), 0)])
-        self._knots_on: dict[torch.device, Tensor] = {}
+        self._tables_on: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def _tables(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """On like's device (made there once, not on every sampler step): the knots, and for each interval between
+        knots k and k + 1 the affine map m -> fractional index = intercept[k] + slope[k] m of -log alpha_bar = m."""
+        if like.device not in self._tables_on:
+            knots = self._neg_log_ab.to(like.device)
+            slope = 1 / (knots[1:] - knots[:-1])
+            intercept = torch.arange(self.T, dtype=torch.float64, device=like.device) - 1 - knots[:-1] * slope
+            self._tables_on[like.device] = (knots, slope, intercept)
+        return self._tables_on[like.device]
 
     def _knots(self, like: Tensor) -> Tensor:
-        """The knots on like's device, copied there once (not on every sampler step)."""
-        if like.device not in self._knots_on:
-            self._knots_on[like.device] = self._neg_log_ab.to(like.device)
-        return self._knots_on[like.device]
+        return self._tables(like)[0]
 
     def log_alpha_bar(self, t: Tensor) -> Tensor:
         knots = self._knots(t)
@@ -240,11 +257,17 @@ class DDPMProcess(_VarPreserving):
         frac = u - k
         return -(knots[k] + frac * (knots[k + 1] - knots[k]))
 
+    def _index_of_neg_log_alpha_bar(self, m: Tensor) -> Tensor:
+        knots, slope, intercept = self._tables(m)
+        k = torch.searchsorted(knots[1:], m.contiguous()).clamp_(max=self.T - 1)  # the interval holding m
+        return torch.addcmul(intercept[k], slope[k], m)
+
     def t_of_neg_log_alpha_bar(self, m: Tensor) -> Tensor:
-        knots = self._knots(m)
-        k = (torch.searchsorted(knots, m.contiguous()) - 1).clamp(0, self.T - 1)
-        frac = (m - knots[k]) / (knots[k + 1] - knots[k])
-        return (k + frac) / self.T
+        return (self._index_of_neg_log_alpha_bar(m) + 1) / self.T
+
+    def index_of_sigma(self, sigma: Tensor) -> Tensor:
+        """The fractional timestep index index(t(sigma)), exact at integer steps, in fewer operations."""
+        return self._index_of_neg_log_alpha_bar(torch.log1p(sigma**2))
 
     def beta(self, t: Tensor) -> Tensor:
         knots = self._knots(t)

@@ -15,18 +15,66 @@ conditionings (what the network's time argument is):
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from .base import Denoiser
-from .processes import DDPMProcess, Process, broadcast
+from .processes import DDPMProcess, Process
 
 __all__ = ["NetworkDenoiser", "PREDICTIONS", "CONDITIONINGS"]
 
 PREDICTIONS = ("eps", "score", "x0", "v")
 CONDITIONINGS = ("sigma", "t", "t999", "index")
+
+
+class _ScheduleTerms:
+    """Memo of a wrapper's per-noise-level terms, one table per schedule tensor.
+
+    Samplers pass noise levels as views (columns) of one schedule tensor. The first call with a view of a schedule
+    converts the whole schedule at once; later calls get their terms as views of that table, with no kernel launched
+    per step. A schedule is recognised by identity (a weak reference) and its version counter, so a freed tensor or
+    an in-place edit never yields stale terms. Anything else (a standalone or float32 sigma, a schedule that needs
+    gradients) is converted directly, as before.
+    """
+
+    MAX_LEVELS = 1 << 16  # larger bases (sigma a view into some big tensor) are not converted whole
+    SLOTS = 4  # schedules remembered (kar2 alternates between two)
+
+    def __init__(self, convert: Callable[[Tensor], Tensor]):
+        self.convert = convert  # float64 levels [n] -> terms [k, n]
+        self.entries: dict[int, tuple[weakref.ref, int, Tensor]] = {}
+
+    def __call__(self, sigma: Tensor, like: Tensor) -> Tensor:
+        """Terms [k, B, 1, ..., 1] in like's dtype for levels sigma [B]."""
+        trailing = (1,) * (like.ndim - 1)
+        root = sigma._base
+        if (
+            root is None
+            or sigma.dtype != torch.float64
+            or sigma.requires_grad
+            or not root.is_contiguous()
+            or root.numel() > self.MAX_LEVELS
+            or root.is_inference()
+        ):
+            terms = self.convert(sigma.to(torch.float64)).to(like.dtype)
+            return terms.view(terms.shape[0], -1, *trailing)
+        entry = self.entries.get(id(root))
+        if entry is None or entry[0]() is not root or entry[1] != root._version or entry[2].dtype != like.dtype:
+            entry = (weakref.ref(root), root._version, self.convert(root.reshape(-1)).to(like.dtype))
+            self.entries.pop(id(root), None)
+            self.entries[id(root)] = entry
+            while len(self.entries) > self.SLOTS:
+                del self.entries[next(iter(self.entries))]
+        table = entry[2]  # [k, n] contiguous, position j = root's element j
+        offset = table.storage_offset() + sigma.storage_offset() - root.storage_offset()
+        size = (table.shape[0], sigma.shape[0], *trailing)
+        return table.as_strided(size, (table.stride(0), sigma.stride(0), *trailing), offset)
+
+    def __getstate__(self):  # weak references do not pickle; a copy starts empty
+        return {"convert": self.convert, "entries": {}}
 
 
 class NetworkDenoiser(Denoiser):
@@ -59,26 +107,38 @@ class NetworkDenoiser(Denoiser):
         self.net = net
         self.prediction = prediction
         self.conditioning = conditioning
+        self._terms = _ScheduleTerms(self._convert)
 
-    def condition(self, sigma: Tensor, t: Tensor) -> Tensor:
+    def condition(self, sigma: Tensor) -> Tensor:
+        """The network's time argument for noise levels sigma (float64 [B])."""
         if self.conditioning == "sigma":
             return sigma
-        if self.conditioning == "t":
-            return t
-        if self.conditioning == "t999":
-            return 999 * t
-        return self.sde.index(t)
+        if self.conditioning == "index":
+            return self.sde.index_of_sigma(sigma)
+        t = self.sde.t(sigma)
+        return t if self.conditioning == "t" else 999 * t
+
+    def _convert(self, sigma: Tensor) -> Tensor:
+        """[3, n] float64 at levels sigma [n]: the scale s = x_native / x_ve, the weight of the network's output in D,
+        and the network's conditioning."""
+        s = self.sde.sigma_scale(sigma)
+        if self.prediction == "score":
+            weight = sigma**2 * s
+        elif self.prediction == "v":
+            weight = s * sigma
+        else:
+            weight = sigma
+        return torch.stack([s, weight, self.condition(sigma)])
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
-        sigma = sigma.to(torch.float64)
-        t = self.sde.t(sigma)
-        s = broadcast(self.sde.scale(t), x)
-        out = self.net(x * s, self.condition(sigma, t).to(x.dtype))
-        sig = broadcast(sigma, x)
-        if self.prediction == "eps":
-            return x - sig * out
-        if self.prediction == "score":
-            return x + sig**2 * s * out
+        terms = self._terms(sigma, x)  # [3, B, 1, ..., 1] in x's dtype
+        s, weight = terms[0], terms[1]
+        out = self.net(x * s, terms[2].reshape(-1))
+        if self.prediction == "eps":  # D = x - sigma eps
+            return torch.addcmul(x, weight, out, value=-1)
+        if self.prediction == "score":  # D = x + sigma^2 s score
+            return torch.addcmul(x, weight, out)
         if self.prediction == "x0":
             return out
-        return s**2 * x - s * sig * out  # sqrt(a) x_native = a x_ve; sqrt(1 - a) = s sigma
+        # v: D = sqrt(a) x_native - sqrt(1 - a) v = s^2 x - s sigma v
+        return torch.addcmul(x * s.square(), weight, out, value=-1)
