@@ -19,8 +19,10 @@ diffusers / scorebench, and each side's time per network evaluation spent outsid
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
+import operator
 import statistics
 import sys
 import time
@@ -90,6 +92,8 @@ NETS = {
     "unet-8x8-tiny": lambda: tiny_unet((8, 16)),
     "unet-8x8-small": lambda: tiny_unet((32, 64)),
 }
+# what `python -m bench.peers` measures by default (a minute on a 2-core CPU): overhead-bound and network-bound
+DEFAULT_CASES = (("conv-8x8", 16), ("conv-8x8", 256), ("unet-8x8-tiny", 16))
 
 
 # --- the loops users write with diffusers -------------------------------------------------------------------------
@@ -120,7 +124,9 @@ class PeerRow:
     scorebench_ms: float
     model_ms: float  # the same network calls alone
     speedup: float  # median over repeats of diffusers time / scorebench time (> 1: scorebench is faster)
-    diffusers_us_per_eval: float  # (time - model-only) / NFE: each loop's own cost per network evaluation
+    # each loop's own cost per network evaluation: the median over repeats of (its time - model-only time) / NFE; of
+    # the order of the timing noise when the network dominates
+    diffusers_us_per_eval: float
     scorebench_us_per_eval: float
     max_rel_diff: float  # max |ours - theirs| / max |theirs| of the outputs
 
@@ -158,6 +164,30 @@ def _setups(net: _Net, steps: int, device: torch.device):
     return out
 
 
+def _interleaved(runs: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds of every run, `repeats` times, back to back in rotating order (device synchronised around each)."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    order = list(runs)
+    times: dict[str, list[float]] = {key: [] for key in order}
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(repeats):
+            for key in order[r % len(order) :] + order[: r % len(order)]:
+                synchronize(device)
+                start = clock()
+                runs[key]()
+                synchronize(device)
+                times[key].append(clock() - start)
+    finally:
+        gc.enable()
+    return times
+
+
+def _paired(a: list[float], b: list[float], op: Callable[[float, float], float]) -> float:
+    return statistics.median(op(x, y) for x, y in zip(a, b, strict=True))
+
+
 def compare(
     net: nn.Module,
     model_name: str,
@@ -172,7 +202,6 @@ def compare(
     device_ = torch.device(device)
     net = _Net(net.to(device_))
     model = NetworkDenoiser(net, DDPMProcess(), prediction="eps", conditioning="index", shape=(1, 8, 8)).to(device_)
-    clock = time.perf_counter if device_.type == "cuda" else time.process_time
     z = torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(seed)).to(device_)
     rows = []
     with torch.no_grad():
@@ -182,43 +211,27 @@ def compare(
             spec = SAMPLERS[sampler]
             timesteps = list(scheduler.timesteps)
 
-            def theirs(loop=loop, scheduler=scheduler, x=x_theirs):
-                return loop(net, scheduler, steps, x)
-
-            def ours(spec=spec, x=x_ours, sigmas=sigmas):
-                return spec.fn(model, x, sigmas)
-
             def model_only(x=x_theirs, timesteps=timesteps):
                 for t in timesteps:
                     net(x, t)
 
+            def ours(spec=spec, x=x_ours, sigmas=sigmas):
+                return spec.fn(model, x, sigmas.clone())  # a fresh schedule each run, as in real use
+
+            theirs = functools.partial(loop, net, scheduler, steps, x_theirs)
+            runs = {"theirs": theirs, "ours": ours, "model": model_only}
             # like with like: the same number of network evaluations, and the same images
             net.calls = 0
-            reference = theirs()
-            nfe_theirs, net.calls = net.calls, 0
-            result = ours()
-            nfe_ours, net.calls = net.calls, 0
-            if nfe_ours != nfe_theirs:
-                raise RuntimeError(f"{name} made {nfe_theirs} network calls, {sampler} {nfe_ours}")
+            reference = runs["theirs"]()
+            nfe, net.calls = net.calls, 0
+            result = runs["ours"]()
+            if net.calls != nfe:
+                raise RuntimeError(f"{name} made {nfe} network calls, {sampler} {net.calls}")
             rel = float((result - reference).abs().max() / reference.abs().max())
             if not rel < 1e-3:
                 raise RuntimeError(f"{sampler} does not reproduce {name}: max relative difference {rel:.2e}")
 
-            times: dict[str, list[float]] = {"theirs": [], "ours": [], "model": []}
-            runs = [("theirs", theirs), ("ours", ours), ("model", model_only)]
-            gc.collect()
-            gc.disable()
-            try:
-                for r in range(repeats):
-                    for key, fn in runs[r % 3 :] + runs[: r % 3]:  # rotating order
-                        synchronize(device_)
-                        start = clock()
-                        fn()
-                        synchronize(device_)
-                        times[key].append(clock() - start)
-            finally:
-                gc.enable()
-            med = {k: statistics.median(v) for k, v in times.items()}
+            t = _interleaved(runs, repeats, device_)
             rows.append(
                 PeerRow(
                     model=model_name,
@@ -226,13 +239,13 @@ def compare(
                     peer=name,
                     ours=sampler,
                     batch=batch,
-                    nfe=nfe_ours,
-                    diffusers_ms=1e3 * med["theirs"],
-                    scorebench_ms=1e3 * med["ours"],
-                    model_ms=1e3 * med["model"],
-                    speedup=statistics.median(a / b for a, b in zip(times["theirs"], times["ours"], strict=True)),
-                    diffusers_us_per_eval=1e6 * (med["theirs"] - med["model"]) / nfe_ours,
-                    scorebench_us_per_eval=1e6 * (med["ours"] - med["model"]) / nfe_ours,
+                    nfe=nfe,
+                    diffusers_ms=1e3 * statistics.median(t["theirs"]),
+                    scorebench_ms=1e3 * statistics.median(t["ours"]),
+                    model_ms=1e3 * statistics.median(t["model"]),
+                    speedup=_paired(t["theirs"], t["ours"], operator.truediv),
+                    diffusers_us_per_eval=1e6 * _paired(t["theirs"], t["model"], operator.sub) / nfe,
+                    scorebench_us_per_eval=1e6 * _paired(t["ours"], t["model"], operator.sub) / nfe,
                     max_rel_diff=rel,
                 )
             )
@@ -247,7 +260,7 @@ def format_table(rows: list[PeerRow]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r.model} ({r.params / 1e3:.0f}k) | {r.peer} | {r.ours} | {r.batch} | {r.nfe} | {r.diffusers_ms:.1f} "
+            f"| {r.model} ({r.params if r.params < 1000 else f'{r.params / 1e3:.0f}k'}) | {r.peer} | {r.ours} | {r.batch} | {r.nfe} | {r.diffusers_ms:.1f} "
             f"| {r.scorebench_ms:.1f} | {r.model_ms:.1f} | {r.speedup:.2f}x | {r.diffusers_us_per_eval:.0f} "
             f"| {r.scorebench_us_per_eval:.0f} | {r.max_rel_diff:.1e} |"
         )
@@ -260,12 +273,15 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> list[Pe
         raise ValueError("--device cuda requested but CUDA is not available")
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
+    if args.nets is None and args.batch_sizes is None:
+        cases = list(DEFAULT_CASES)
+    else:
+        cases = [(n, b) for n in args.nets or list(NETS) for b in args.batch_sizes or [16]]
     rows = []
-    for name in args.nets:
+    for name, batch in cases:
         if name not in NETS:
             raise ValueError(f"unknown network {name!r}; expected one of {', '.join(NETS)}")
-        for batch in args.batch_sizes:
-            rows += compare(NETS[name](), name, steps=args.steps, batch=batch, repeats=args.repeats, device=args.device)
+        rows += compare(NETS[name](), name, steps=args.steps, batch=batch, repeats=args.repeats, device=args.device)
     threads = f", {torch.get_num_threads()} CPU thread(s)" if device.type == "cpu" else ""
     out(
         f"device {device}{threads}, {args.steps} steps, {args.repeats} interleaved repeats; "
@@ -279,8 +295,9 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> list[Pe
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nets", nargs="+", default=list(NETS), help=f"eps networks (default: {' '.join(NETS)})")
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[16, 256], help="batch sizes (default: 16 256)")
+    cases = ", ".join(f"{n} at batch {b}" for n, b in DEFAULT_CASES)
+    p.add_argument("--nets", nargs="+", help=f"eps networks, from {', '.join(NETS)} (default cases: {cases})")
+    p.add_argument("--batch-sizes", nargs="+", type=int, help="batch sizes (with --nets: every pair; default 16)")
     p.add_argument("--steps", type=int, default=25, help="scheduler steps (default: 25; Heun takes 2 steps - 1 NFE)")
     p.add_argument("--repeats", type=int, default=15, help="interleaved timed runs of each loop (default: 15)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
