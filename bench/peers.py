@@ -259,8 +259,9 @@ def format_table(rows: list[PeerRow]) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        params = str(r.params) if r.params < 1000 else f"{r.params / 1e3:.0f}k"
         lines.append(
-            f"| {r.model} ({r.params if r.params < 1000 else f'{r.params / 1e3:.0f}k'}) | {r.peer} | {r.ours} | {r.batch} | {r.nfe} | {r.diffusers_ms:.1f} "
+            f"| {r.model} ({params}) | {r.peer} | {r.ours} | {r.batch} | {r.nfe} | {r.diffusers_ms:.1f} "
             f"| {r.scorebench_ms:.1f} | {r.model_ms:.1f} | {r.speedup:.2f}x | {r.diffusers_us_per_eval:.0f} "
             f"| {r.scorebench_us_per_eval:.0f} | {r.max_rel_diff:.1e} |"
         )
