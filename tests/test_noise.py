@@ -70,9 +70,15 @@ def test_streams_do_not_depend_on_the_batch_or_its_order():
 
 @pytest.fixture(scope="module")
 def draws() -> torch.Tensor:
-    """[calls, samples, elements] = [40, 2048, 64] draws: 5.2M normals."""
-    noise = SeededNoise(range(2048), (64,), seed=0)
-    return torch.stack([noise() for _ in range(40)]).double()
+    """[calls, samples, elements] = [40, 2048, 64] draws: 5.2M normals (one thread: a second one that the OS
+    deschedules on a busy machine stalls every parallel kernel)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        noise = SeededNoise(range(2048), (64,), seed=0)
+        return torch.stack([noise() for _ in range(40)]).double()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_values_are_standard_normal(draws):
