@@ -21,6 +21,15 @@ NFE = 50
 BATCH = {"gmm-64d": 256, "digits-ve": 64}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a shared machine a second, descheduled thread stalls every parallel kernel."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @cache
 def model_for(name: str) -> Denoiser:
     if name not in MODELS:
