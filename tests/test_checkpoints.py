@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench.data import load_dataset
-from bench.metrics import frechet_distance
+from bench.metrics import compute_metrics, frechet_distance
 from models import MODELS, load_model
 from models.registry import CHECKPOINTS
 from samplers import sample
@@ -46,12 +46,22 @@ def _pixel_fd(x: torch.Tensor, y: torch.Tensor) -> float:
 
 @pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # corner pixels are constant: singular covariances
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_samples_are_close_to_the_data(name):
-    """Frechet distance in pixel space to the training digits: near the held-out floor, far below noise."""
+def test_shipped_samples_are_close_to_the_data(name, tmp_path):
+    """fd_digits (and FD in pixel space) to the training digits: near the real-data floor, far below noise.
+
+    The floor is the held-out split against the training split; samples and noise come in the same number.
+    Measured (kar1 at 39 NFE): fd_digits floor 2.31, digits-ve 3.70, digits-vp 2.75, noise 70.6.
+    """
     data = load_dataset("digits")
     n = len(data.heldout)
-    x = sample(name, "kar1", 39, seeds=range(n)).x
-    fd = _pixel_fd(x, data.train)
-    floor = _pixel_fd(data.heldout, data.train)  # real digits, as many as samples
-    noise = _pixel_fd(torch.randn(n, 1, 8, 8).clamp(-1, 1), data.train)
-    assert fd < 3 * floor and fd < noise / 10, (fd, floor, noise)
+    model = load_model(name)
+    x = sample(model, "kar1", 39, seeds=range(n)).x
+    noise = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+
+    def fd_digits(images: torch.Tensor) -> float:
+        return compute_metrics(model, images, ["fd_digits"], cache_dir=tmp_path)["fd_digits"]
+
+    fd, floor, fd_noise = fd_digits(x), fd_digits(data.heldout), fd_digits(noise)
+    assert fd < 2 * floor and fd < fd_noise / 10, (fd, floor, fd_noise)
+    fd, floor, fd_noise = _pixel_fd(x, data.train), _pixel_fd(data.heldout, data.train), _pixel_fd(noise, data.train)
+    assert fd < 3 * floor and fd < fd_noise / 10, (fd, floor, fd_noise)
