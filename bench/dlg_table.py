@@ -29,6 +29,7 @@ from samplers.dlg import INTEGRATORS
 
 __all__ = ["dlg_table", "main"]
 
+METRICS = ("fd_exact", "mmd2_exact", "weight_tv")
 VARIANTS = {"alone": None, "dlg": {}, "dlg n_skip=5": {"n_skip": 5}}
 # variants of dlg+kar1 at one budget and two sample sizes: what of DLG's excess over kar1 shrinks like 1/n
 # (correlated outputs of a chain, a smaller effective sample) and what does not (bias)
@@ -56,7 +57,11 @@ def dlg_table(model_name: str, budgets: list[int], n: int, seed: int = 0, progre
         except ValueError as err:  # the budget is below the sampler's minimum
             rows.append({**row, "status": "n/a", "note": str(err)})
             continue
-        metrics = compute_metrics(model, res.x)
+        try:
+            metrics = compute_metrics(model, res.x, METRICS)
+        except ValueError as err:  # non-finite samples
+            rows.append({**row, "status": "diverged", "nfe": res.nfe, "note": str(err)})
+            continue
         rows.append(
             {
                 **row,
@@ -82,18 +87,18 @@ def sample_size_check(model_name: str, budget: int, sizes: list[int], seed: int 
     for n in sizes:
         for label, (name, hyper) in tqdm(CHECK_VARIANTS.items(), desc=f"sample-size check n={n}"):
             res = sample(model, name, nfe=budget, seeds=range(n), seed=seed, **hyper)
-            rows.append({"variant": label, "n": n, "nfe": res.nfe, **compute_metrics(model, res.x)})
+            rows.append({**compute_metrics(model, res.x, METRICS), "variant": label, "samples": n, "nfe": res.nfe})
     return pd.DataFrame(rows)
 
 
 def _cell(row: pd.Series) -> str:
     if row.status != "ok":
-        return "n/a"
-    return f"{row.fd_exact:.3g} / {row.weight_tv:.3f} ({row.nfe:g})"
+        return row.status
+    return f"{row.fd_exact:.3g} / {row.mmd2_exact:.2g} / {row.weight_tv:.3f} ({row.nfe:g})"
 
 
 def to_markdown(table: pd.DataFrame, check: pd.DataFrame | None, model_name: str, n: int, command: str) -> str:
-    """A pivot: one line per (integrator, budget), one column per variant: FD / weight TV (measured NFE)."""
+    """A pivot: one line per (integrator, budget), one column per variant: FD / MMD^2 / weight TV (measured NFE)."""
     ok = table[table.status == "ok"]
     pivot = (
         table.assign(cell=table.apply(_cell, axis=1))
@@ -109,11 +114,13 @@ def to_markdown(table: pd.DataFrame, check: pd.DataFrame | None, model_name: str
     lines = [
         f"# DLG vs its integrators on {model_name}",
         "",
-        f"Each cell: `fd_exact / weight_tv (measured NFE per sample)` over {n} samples (seeds 0..{n - 1}); lower is "
-        "better for both. `fd_exact` is the Frechet distance to the mixture's exact moments, `weight_tv` the total "
-        "variation between the true mixture weights and the samples' mean responsibilities. A budget picks the most "
-        "integrator steps (rk45: the tightest tolerance) whose measured NFE fits it; `n/a`: the budget is below the "
-        "sampler's minimum.",
+        f"Each cell: `fd_exact / mmd2_exact / weight_tv (measured NFE per sample)` over {n} samples (seeds "
+        f"0..{n - 1}). `fd_exact`: Frechet distance to the mixture's exact moments (biased upwards at finite n); "
+        "`mmd2_exact`: unbiased squared MMD to the exact mixture (0 on average for exact independent samples, so it "
+        "can be slightly negative); `weight_tv`: total variation between the true mixture weights and the samples' "
+        "mean responsibilities (bench.metrics). Lower is better, near 0 best. A budget picks the most integrator "
+        "steps (rk45: the tightest tolerance) whose measured NFE fits it; `n/a`: the budget is below the sampler's "
+        "minimum; `diverged`: non-finite samples.",
         "",
         f"DLG (defaults: n_skip={d['n_skip']}, eta = 0.8 x (data range width)^2, {d['outputs_per_chain']} outputs "
         f"per chain, exact noise-level posterior over {d['n_levels']} levels, argmax) counts n_skip Langevin steps "
@@ -126,16 +133,17 @@ def to_markdown(table: pd.DataFrame, check: pd.DataFrame | None, model_name: str
         "",
     ]
     if check is not None and len(check):
-        sizes = sorted(check.n.unique())
-        wide = check.pivot(index="variant", columns="n", values=["fd_exact", "weight_tv"]).reindex(list(CHECK_VARIANTS))
+        sizes = sorted(check.samples.unique())
+        wide = check.pivot(index="variant", columns="samples", values=list(METRICS)).reindex(list(CHECK_VARIANTS))
         wide.columns = [f"{metric} n={n}" for metric, n in wide.columns]
         budget = check.nfe.max()
         lines += [
             f"## Correlation or bias? dlg+kar1 at {budget:g} NFE with {' and '.join(map(str, sizes))} samples",
             "",
             "A Frechet distance estimated from n independent samples carries a positive error that shrinks like 1/n; "
-            "outputs of one chain are correlated, so fewer effective samples inflate it. An excess over `kar1 alone` "
-            "that shrinks with n as fast as kar1's is correlation; one that stays is bias.",
+            "outputs of one chain are correlated, so fewer effective samples inflate it (and the MMD^2 estimate, "
+            "unbiased only for independent samples). An excess over `kar1 alone` that shrinks with n as fast as "
+            "kar1's is correlation; one that stays is bias.",
             "",
             wide.reset_index().to_markdown(index=False, floatfmt=".4g"),
             "",
