@@ -79,18 +79,17 @@ class _Recorder(CountingDenoiser):
         return super().forward(x, sigma)
 
 
-class _CallTimer(Denoiser):
-    """Times every model call (CPU clock) inside a sampling pass: the pass's time spent in model evaluations."""
+class _CallTimer(CountingDenoiser):
+    """Times every model call (CPU clock) inside a sampling pass: the pass's time spent in model evaluations.
+    A counter like the one `sample` wraps models in, so samplers see the same model attributes and bookkeeping."""
 
     def __init__(self, inner: Denoiser, clock: Callable[[], float]):
-        super().__init__(
-            shape=inner.shape, sde=inner.sde, sigma_min=inner.sigma_min, sigma_max=inner.sigma_max, name=inner.name
-        )
-        self.inner, self.clock, self.seconds = inner, clock, 0.0
+        super().__init__(inner)
+        self.clock, self.seconds = clock, 0.0
 
     def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
         start = self.clock()
-        out = self.inner(x, sigma)
+        out = super().forward(x, sigma)
         self.seconds += self.clock() - start
         return out
 
@@ -143,11 +142,15 @@ def plan(
     hyper: dict[str, Any] | None = None,
 ) -> Workload:
     """Fit `spec` into the NFE budget (largest step count; loosest-first tolerance sweep if adaptive) and record the
-    model inputs of one pass. `spec` need not be registered: a test may pass a modified one."""
+    model inputs of one pass. `spec` need not be registered: a test may pass a modified one. A chain sampler's batch
+    is rounded up to whole chains (the workload's `batch` says how many rows it runs)."""
     if batch < 1:
         raise ValueError(f"batch size must be positive, got {batch}")
     device = model.device
     resolved = spec.resolve(hyper or {})
+    if spec.chains:  # a chain sampler (DLG) runs whole chains: round the batch up to a multiple of their length
+        group = int(resolved["outputs_per_chain"])
+        batch = -(-batch // group) * group
     if not spec.adaptive:
         steps: int | None = steps_for_budget(spec, nfe, resolved)
         sigmas = make_schedule(spec.schedule, model, steps).to(device)
