@@ -103,14 +103,31 @@ class GaussianMixture:
         """Posterior component probabilities p(k | x) under the sigma-perturbed mixture: [B, K]."""
         return _softmax(torch.log(self.weights) + self.component_log_prob(x, sigma))
 
-    def level_log_posterior(self, x: Tensor, sigmas: Tensor, log_prior: Tensor | None = None) -> Tensor:
-        """Exact log p(sigma_j | x) over a grid of noise levels [L] (uniform prior unless given): [B, L]."""
+    def level_terms(self, sigmas: Tensor) -> tuple[Tensor, Tensor]:
+        """What level_log_posterior needs of a grid of levels [L], independent of x: the inverse variances along each
+        component's eigenbasis [L, K, d] and log w_k - log|C_k + sigma^2 I| / 2 [L, K]. Worth keeping for a fixed grid.
+        """
+        var = self.eigvals[None] + sigmas.to(torch.float64)[:, None, None] ** 2  # [L, K, d]
+        return 1 / var, torch.log(self.weights) - 0.5 * torch.log(var).sum(-1)
+
+    def level_log_posterior(
+        self,
+        x: Tensor,
+        sigmas: Tensor,
+        log_prior: Tensor | None = None,
+        terms: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """Exact log p(sigma_j | x) over a grid of noise levels [L] (uniform prior unless given): [B, L].
+
+        `terms` = level_terms(sigmas), when the caller keeps them for its grid."""
+        inv_var, offset = self.level_terms(sigmas) if terms is None else terms
         x = x.to(torch.float64)
-        sigmas = sigmas.to(torch.float64)
         y2 = (torch.einsum("bd,kde->bke", x, self.eigvecs) - torch.einsum("kd,kde->ke", self.means, self.eigvecs)) ** 2
-        var = self.eigvals[None] + sigmas[:, None, None] ** 2  # [L, K, d]
-        logn = -0.5 * (torch.einsum("bke,lke->blk", y2, 1 / var) + torch.log(var).sum(-1)[None])
-        loglik = torch.logsumexp(torch.log(self.weights) + logn, dim=-1)  # [B, L]; the 2*pi term cancels
+        logn = offset.T[:, None] - 0.5 * torch.einsum("bke,lke->kbl", y2, inv_var)  # [K, B, L]
+        # log-sum-exp over the components (the 2*pi term cancels): terms below exp(-700) of the largest cannot change
+        # a float64 sum, and clamping them keeps exp out of the subnormal range, where it is ~10x slower on x86
+        top = logn.amax(0)
+        loglik = (logn - top).clamp_(min=-700).exp_().sum(0).log_().add_(top)  # [B, L]
         if log_prior is not None:
             loglik = loglik + log_prior.to(loglik)
         return torch.log_softmax(loglik, dim=-1)

@@ -96,13 +96,15 @@ class ExactNoiseClassifier(NoiseClassifier):
     def __init__(self, mixture: GaussianMixture, sigmas: Tensor):
         super().__init__(sigmas)
         self.mixture = mixture
-        self._on_device: dict[torch.device, GaussianMixture] = {}
+        # per device: the mixture there and its grid terms, computed once (not on every Gibbs step)
+        self._on_device: dict[torch.device, tuple[GaussianMixture, tuple[Tensor, Tensor]]] = {}
 
     def log_posterior(self, x: Tensor) -> Tensor:
         if x.device not in self._on_device:
-            self._on_device[x.device] = self.mixture.to(x.device)
-        mixture = self._on_device[x.device]
-        return mixture.level_log_posterior(x.reshape(x.shape[0], -1), self.sigmas.to(x.device))
+            mixture = self.mixture.to(x.device)
+            self._on_device[x.device] = (mixture, mixture.level_terms(self.sigmas.to(x.device)))
+        mixture, terms = self._on_device[x.device]
+        return mixture.level_log_posterior(x.reshape(x.shape[0], -1), self.sigmas, terms=terms)
 
 
 # --- learned classifiers ------------------------------------------------------------------------------------------
