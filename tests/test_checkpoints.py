@@ -50,7 +50,9 @@ def test_shipped_samples_are_close_to_the_data(name, tmp_path):
     """fd_digits (and FD in pixel space) to the training digits: near the real-data floor, far below noise.
 
     The floor is the held-out split against the training split; samples and noise come in the same number.
-    Measured (kar1 at 39 NFE): fd_digits floor 2.31, digits-ve 3.70, digits-vp 2.75, noise 70.6.
+    Measured (kar1 at 39 NFE, seeds 0..358): fd_digits floor 2.31, digits-ve 4.24, digits-vp 2.96, noise 70.6. At
+    359 samples FD is noisy: the next three seed sets of 359 gave 3.68, 3.75, 5.51 (digits-ve) and 3.22, 2.90, 4.45
+    (digits-vp), hence the bound of 3x the floor (an untrained network scores 80, noise 70).
     """
     data = load_dataset("digits")
     n = len(data.heldout)
@@ -62,6 +64,6 @@ def test_shipped_samples_are_close_to_the_data(name, tmp_path):
         return compute_metrics(model, images, ["fd_digits"], cache_dir=tmp_path)["fd_digits"]
 
     fd, floor, fd_noise = fd_digits(x), fd_digits(data.heldout), fd_digits(noise)
-    assert fd < 2 * floor and fd < fd_noise / 10, (fd, floor, fd_noise)
+    assert fd < 3 * floor and fd < fd_noise / 10, (fd, floor, fd_noise)
     fd, floor, fd_noise = _pixel_fd(x, data.train), _pixel_fd(data.heldout, data.train), _pixel_fd(noise, data.train)
     assert fd < 3 * floor and fd < fd_noise / 10, (fd, floor, fd_noise)
