@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from models import DDPMProcess, NetworkDenoiser
+from models import DDPMProcess, NetworkDenoiser, load_model
 from samplers import SAMPLERS
 from samplers.api import synchronize
 
@@ -43,7 +43,7 @@ BETAS = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "bet
 
 
 class _Net(nn.Module):
-    """An eps network net(x, t) (a diffusers model's output unwrapped from `.sample`), counting its calls."""
+    """An eps network net(x, t[B]) (a diffusers model's output unwrapped from `.sample`), counting its calls."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -52,7 +52,7 @@ class _Net(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         self.calls += 1
-        out = self.net(x, t)
+        out = self.net(x, t.expand(x.shape[0]) if t.ndim == 0 else t)  # diffusers' loops pass one timestep
         return out.sample if hasattr(out, "sample") else out
 
 
@@ -86,14 +86,24 @@ def tiny_unet(channels: tuple[int, int], seed: int = 0) -> nn.Module:
     ).eval()
 
 
-# eps networks on 1x8x8 images, from the one where per-step overhead dominates to one where the network does
+def shipped_eps_net(name: str) -> nn.Module:
+    """The network of a shipped DDPM eps checkpoint (e.g. digits-vp), to run under both loops."""
+    model = load_model(name)
+    layout = (type(model.sde), getattr(model, "prediction", None), getattr(model, "conditioning", None), model.shape)
+    if layout != (DDPMProcess, "eps", "index", (1, 8, 8)):
+        raise ValueError(f"{name} is not a DDPM eps network on 1x8x8 images conditioned on the timestep index")
+    return model.net
+
+
+# eps networks on 1x8x8 images, from the one where per-step overhead dominates to ones where the network does
 NETS = {
     "conv-8x8": ConvEps,
     "unet-8x8-tiny": lambda: tiny_unet((8, 16)),
     "unet-8x8-small": lambda: tiny_unet((32, 64)),
+    "digits-vp": lambda: shipped_eps_net("digits-vp"),
 }
-# what `python -m bench.peers` measures by default (a minute on a 2-core CPU): overhead-bound and network-bound
-DEFAULT_CASES = (("conv-8x8", 16), ("conv-8x8", 256), ("unet-8x8-tiny", 16))
+# what `python -m bench.peers` measures by default (about 90 s on a 2-core CPU): overhead-bound and network-bound
+DEFAULT_CASES = (("conv-8x8", 16), ("conv-8x8", 256), ("unet-8x8-tiny", 16), ("digits-vp", 16))
 
 
 # --- the loops users write with diffusers -------------------------------------------------------------------------

@@ -7,10 +7,19 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.peers import ConvEps, compare
+from bench.peers import NETS, compare
 from bench.speed import SpeedRow, check, load_baseline, measure, plan, save_baseline
 from models import load_model
 from samplers import SAMPLERS
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread, as the speed tools use: a second, descheduled thread stalls parallel kernels here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def row(sampler="kar1", ratio=1.2, nfe=9.0, **kw) -> SpeedRow:
@@ -89,9 +98,10 @@ def test_speed_command_rejects_bad_input(tmp_path, capsys):
     assert main(["speed", "--nfe", "0"]) == 2
 
 
-def test_peer_loops_reproduce_diffusers_schedulers():
+@pytest.mark.parametrize("net", ["conv-8x8", "digits-vp"])
+def test_peer_loops_reproduce_diffusers_schedulers(net):
     """ddim and kar1 against diffusers' DDIM, Euler and Heun schedulers: same images, same NFE."""
-    rows = compare(ConvEps(), "conv-8x8", steps=4, batch=3, repeats=1)
+    rows = compare(NETS[net](), net, steps=4, batch=3, repeats=1)
     assert [(r.peer, r.ours, r.nfe) for r in rows] == [
         ("DDIMScheduler", "ddim", 4),
         ("EulerDiscreteScheduler", "ddim", 4),
