@@ -6,6 +6,10 @@ itself and a replay of exactly those model evaluations (same batch, same NFE, no
 
     ratio = sampler time / model-only time            overhead = 1 - model-only time / sampler time
 
+Model evaluations are those of the denoiser and, for DLG, of its noise-level classifier (a network like the
+denoiser, booked as classifier evaluations; for analytic models the exact posterior over the level grid): both are
+recorded and replayed, so the overhead is what the sampler's own code costs.
+
 Each repeat times the sampler and the replay back to back (in alternating order), so both see the same load; the
 ratio is the median over repeats of these paired ratios. On a loaded machine this is markedly steadier than ratios
 of minimum times (results/benchmarks/README.md has the measurements). On the CPU the clock is the process's CPU
@@ -33,6 +37,7 @@ import torch
 from torch import Tensor
 
 from models import CountingDenoiser, Denoiser, load_model
+from models.noise_classifier import NoiseClassifier, classifier_for
 from samplers import SAMPLERS, SamplerSpec, make_schedule, steps_for_budget
 from samplers.api import TOLERANCES, draw_batch, synchronize
 
@@ -94,6 +99,24 @@ class _CallTimer(CountingDenoiser):
         return out
 
 
+class _ClassifierCalls(NoiseClassifier):
+    """A noise-level classifier that keeps its inputs (for the replay) or times its calls (inside a sampler pass)."""
+
+    def __init__(self, inner: NoiseClassifier, clock: Callable[[], float] | None = None):
+        super().__init__(inner.sigmas)
+        self.inner, self.clock, self.seconds = inner, clock, 0.0
+        self.inputs: list[Tensor] = []
+
+    def log_posterior(self, x: Tensor) -> Tensor:
+        if self.clock is None:
+            self.inputs.append(x.clone())
+            return self.inner(x)
+        start = self.clock()
+        out = self.inner(x)
+        self.seconds += self.clock() - start
+        return out
+
+
 @dataclass(eq=False)
 class Workload:
     """One sampler on one model at a fixed NFE budget and batch, with everything needed to time it."""
@@ -109,26 +132,40 @@ class Workload:
     nfe: float  # measured evaluations per sample
     inputs: list[tuple[Tensor, Tensor]] = field(repr=False)  # the model inputs of one pass
     seed: int = 0
+    classifier: NoiseClassifier | None = None  # DLG's noise-level classifier, resolved once
+    classifier_inputs: list[Tensor] = field(default_factory=list, repr=False)  # its inputs in one pass
 
     @property
     def device(self) -> torch.device:
         return self.sigmas.device
 
-    def run_sampler(self, model: Denoiser | None = None) -> Tensor:
+    def run_sampler(self, model: Denoiser | None = None, classifier: NoiseClassifier | None = None) -> Tensor:
         model = self.model if model is None else model
-        return draw_batch(model, self.spec, self.sigmas, list(range(self.batch)), seed=self.seed, hyper=self.hyper)
+        hyper = self.hyper
+        if self.classifier is not None:
+            hyper = {**hyper, "classifier": self.classifier if classifier is None else classifier}
+        return draw_batch(model, self.spec, self.sigmas, list(range(self.batch)), seed=self.seed, hyper=hyper)
 
     def run_model(self) -> None:
         model = self.model
         for x, sigma in self.inputs:
             model(x, sigma)
+        for x in self.classifier_inputs:
+            self.classifier(x)
 
 
-def _record(model: Denoiser, spec: SamplerSpec, sigmas: Tensor, batch: int, hyper: dict, seed: int) -> _Recorder:
+def _record(
+    model: Denoiser, spec: SamplerSpec, sigmas: Tensor, batch: int, hyper: dict, seed: int
+) -> tuple[_Recorder, list[Tensor]]:
+    """One untimed pass: the model's inputs, and the classifier's if hyper holds one."""
     recorder = _Recorder(model)
+    classifier = hyper.get("classifier")
+    if isinstance(classifier, NoiseClassifier):
+        classifier = _ClassifierCalls(classifier)
+        hyper = {**hyper, "classifier": classifier}
     with torch.no_grad():
         draw_batch(recorder, spec, sigmas, list(range(batch)), seed=seed, hyper=hyper)
-    return recorder
+    return recorder, classifier.inputs if isinstance(classifier, _ClassifierCalls) else []
 
 
 def plan(
@@ -148,29 +185,46 @@ def plan(
         raise ValueError(f"batch size must be positive, got {batch}")
     device = model.device
     resolved = spec.resolve(hyper or {})
+    classifier = None
     if spec.chains:  # a chain sampler (DLG) runs whole chains: round the batch up to a multiple of their length
         group = int(resolved["outputs_per_chain"])
         batch = -(-batch // group) * group
+        classifier = classifier_for(model, resolved["classifier"], resolved["n_levels"])
+        resolved = {**resolved, "classifier": classifier}
     if not spec.adaptive:
         steps: int | None = steps_for_budget(spec, nfe, resolved)
         sigmas = make_schedule(spec.schedule, model, steps).to(device)
-        recorder = _record(model, spec, sigmas, batch, resolved, seed)
+        recorder, classifier_inputs = _record(model, spec, sigmas, batch, resolved, seed)
     else:
         steps, sigmas, recorder = None, make_schedule(spec.schedule, model, 2).to(device), None
+        classifier_inputs = []
         given = "rtol" in (hyper or {}) or "atol" in (hyper or {})
         for tol in [None] if given else TOLERANCES:
             trial = resolved if tol is None else {**resolved, "rtol": tol, "atol": tol}
-            attempt = _record(model, spec, sigmas, batch, trial, seed)
+            attempt, attempt_inputs = _record(model, spec, sigmas, batch, trial, seed)
             if attempt.evals / batch > nfe:
                 break
-            recorder, resolved = attempt, trial
+            recorder, classifier_inputs, resolved = attempt, attempt_inputs, trial
         if recorder is None:
             raise ValueError(f"{spec.name} cannot meet an NFE budget of {nfe} on {model_name or model.name}")
     measured = recorder.evals / batch
     if measured > nfe:
         raise ValueError(f"{spec.name} took {measured:g} NFE per sample, over the budget of {nfe}")
+    hyper = {k: v for k, v in resolved.items() if k != "classifier"} if classifier is not None else resolved
     return Workload(
-        model_name or model.name, model, spec, nfe, batch, sigmas, resolved, steps, measured, recorder.inputs, seed
+        model_name or model.name,
+        model,
+        spec,
+        nfe,
+        batch,
+        sigmas,
+        hyper,
+        steps,
+        measured,
+        recorder.inputs,
+        seed,
+        classifier,
+        classifier_inputs,
     )
 
 
@@ -184,7 +238,7 @@ class SpeedRow:
     device: str
     threads: int  # torch CPU threads (0 on CUDA)
     sampler_ms: float  # median over repeats of one sampling pass
-    model_ms: float  # median over repeats of the replayed model evaluations alone
+    model_ms: float  # median over repeats of the replayed model (and classifier) evaluations alone
     ratio: float  # median over repeats of (sampler time / model-only time), each pair timed back to back: gated
     # share of a sampling pass spent outside model evaluations: on the CPU measured directly (each model call in the
     # pass is timed), on CUDA estimated as 1 - 1 / ratio (timing single calls there would need a sync per call)
@@ -237,14 +291,16 @@ def measure(workloads: Sequence[Workload], repeats: int = GATE_REPEATS, progress
                     clock = _clock(w.device)
                     sampler_t, model_t, inside_t = times[id(w)]
                     timer = _CallTimer(w.model, clock) if w.device.type == "cpu" else None
+                    clf_timer = _ClassifierCalls(w.classifier, clock) if timer and w.classifier else None
 
-                    def sampler_pass(w=w, timer=timer):
-                        w.run_sampler(timer)
+                    def sampler_pass(w=w, timer=timer, clf_timer=clf_timer):
+                        w.run_sampler(timer, clf_timer)
 
                     if r % 2 == 1:
                         model_t.append(_timed(w.run_model, w.device, clock))
                     sampler_t.append(_timed(sampler_pass, w.device, clock))
-                    inside_t.append(timer.seconds if timer is not None else math.nan)
+                    inside = timer.seconds + (clf_timer.seconds if clf_timer else 0.0) if timer else math.nan
+                    inside_t.append(inside)
                     if r % 2 == 0:
                         model_t.append(_timed(w.run_model, w.device, clock))
                     if progress is not None:

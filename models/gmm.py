@@ -55,7 +55,7 @@ class GaussianMixture:
             return self
         moved = GaussianMixture.__new__(GaussianMixture)
         for key, value in vars(self).items():
-            setattr(moved, key, value.to(device))
+            setattr(moved, key, tuple(v.to(device) for v in value) if isinstance(value, tuple) else value.to(device))
         return moved
 
     @property
@@ -103,31 +103,64 @@ class GaussianMixture:
         """Posterior component probabilities p(k | x) under the sigma-perturbed mixture: [B, K]."""
         return _softmax(torch.log(self.weights) + self.component_log_prob(x, sigma))
 
-    def level_terms(self, sigmas: Tensor) -> tuple[Tensor, Tensor]:
-        """What level_log_posterior needs of a grid of levels [L], independent of x: the inverse variances along each
-        component's eigenbasis [L, K, d] and log w_k - log|C_k + sigma^2 I| / 2 [L, K]. Worth keeping for a fixed grid.
-        """
-        var = self.eigvals[None] + sigmas.to(torch.float64)[:, None, None] ** 2  # [L, K, d]
-        return 1 / var, torch.log(self.weights) - 0.5 * torch.log(var).sum(-1)
+    def spectrum_groups(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Each component's eigenvalues grouped by value (equal up to 1e-12 of the largest; e.g. the isotropic part of
+        a low-rank-plus-isotropic covariance is one group): membership [K, d, G] (0/1), group values [K, G] and sizes
+        [K, G], padded with empty groups. Quadratic forms and log-determinants over the eigenbasis only need per-group
+        sums, so level posteriors cost G instead of d per component and level."""
+        if not hasattr(self, "_groups"):
+            k, d = self.eigvals.shape
+            found = []
+            for lam in self.eigvals.cpu():  # ascending
+                tol = 1e-12 * max(float(lam[-1]), 1e-300)
+                starts = torch.nonzero(torch.diff(lam) > tol).flatten() + 1
+                found.append(torch.tensor_split(torch.arange(d), starts.tolist()))
+            g = max(len(groups) for groups in found)
+            member = torch.zeros(k, d, g, dtype=torch.float64)
+            values, sizes = torch.ones(k, g, dtype=torch.float64), torch.zeros(k, g, dtype=torch.float64)
+            for c, groups in enumerate(found):
+                for j, idx in enumerate(groups):
+                    member[c, idx, j] = 1.0
+                    values[c, j], sizes[c, j] = self.eigvals[c, idx].mean(), len(idx)
+            self._groups = tuple(t.to(self.means.device) for t in (member, values, sizes))
+        return self._groups
+
+    def level_terms(self, sigmas: Tensor) -> Tensor:
+        """What level_log_posterior needs of a grid of levels [L], independent of x: per level and component, the
+        weights [L, K, G + 1] that map (squared eigen-coordinates summed per group, 1) to log w_k N(x; mu_k, C_k +
+        sigma^2 I) + d/2 log(2 pi): -1/(2 var_g) per group and log w_k - log|C_k + sigma^2 I| / 2. Worth keeping for
+        a fixed grid."""
+        _, values, sizes = self.spectrum_groups()
+        var = values[None] + sigmas.to(torch.float64)[:, None, None] ** 2  # [L, K, G]
+        offset = torch.log(self.weights) - 0.5 * (sizes * torch.log(var)).sum(-1)  # [L, K]
+        return torch.cat([-0.5 / var, offset[..., None]], -1)
 
     def level_log_posterior(
         self,
         x: Tensor,
         sigmas: Tensor,
         log_prior: Tensor | None = None,
-        terms: tuple[Tensor, Tensor] | None = None,
+        terms: Tensor | None = None,
     ) -> Tensor:
         """Exact log p(sigma_j | x) over a grid of noise levels [L] (uniform prior unless given): [B, L].
 
         `terms` = level_terms(sigmas), when the caller keeps them for its grid."""
-        inv_var, offset = self.level_terms(sigmas) if terms is None else terms
+        weights = self.level_terms(sigmas) if terms is None else terms
+        member = self.spectrum_groups()[0]
         x = x.to(torch.float64)
         y2 = (torch.einsum("bd,kde->bke", x, self.eigvecs) - torch.einsum("kd,kde->ke", self.means, self.eigvecs)) ** 2
-        logn = offset.T[:, None] - 0.5 * torch.einsum("bke,lke->kbl", y2, inv_var)  # [K, B, L]
-        # log-sum-exp over the components (the 2*pi term cancels): terms below exp(-700) of the largest cannot change
-        # a float64 sum, and clamping them keeps exp out of the subnormal range, where it is ~10x slower on x86
+        features = torch.cat(
+            [
+                torch.einsum("bke,keg->kbg", y2, member),
+                y2.new_ones(x.shape[0])[None, :, None].expand(member.shape[0], -1, 1),
+            ],
+            -1,
+        )  # [K, B, G + 1]
+        logn = torch.bmm(features, weights.permute(1, 2, 0))  # [K, B, L]: the 2*pi term cancels
+        # log-sum-exp over the components: terms below exp(-700) of the largest cannot change a float64 sum, and
+        # clamping them keeps exp out of the subnormal range, where it is ~10x slower on x86
         top = logn.amax(0)
-        loglik = (logn - top).clamp_(min=-700).exp_().sum(0).log_().add_(top)  # [B, L]
+        loglik = logn.sub_(top).clamp_(min=-700).exp_().sum(0).log_().add_(top)  # [B, L]
         if log_prior is not None:
             loglik = loglik + log_prior.to(loglik)
         return torch.log_softmax(loglik, dim=-1)

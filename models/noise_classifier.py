@@ -97,7 +97,7 @@ class ExactNoiseClassifier(NoiseClassifier):
         super().__init__(sigmas)
         self.mixture = mixture
         # per device: the mixture there and its grid terms, computed once (not on every Gibbs step)
-        self._on_device: dict[torch.device, tuple[GaussianMixture, tuple[Tensor, Tensor]]] = {}
+        self._on_device: dict[torch.device, tuple[GaussianMixture, Tensor]] = {}
 
     def log_posterior(self, x: Tensor) -> Tensor:
         if x.device not in self._on_device:

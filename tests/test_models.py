@@ -76,16 +76,21 @@ def test_mixture_samples_have_the_exact_moments():
     assert torch.allclose(counts, mixture.weights, atol=0.005)
 
 
-def test_level_posterior_matches_bayes_rule_and_finds_the_level():
-    mixture = gmm_2d()
+@pytest.mark.parametrize("make", [gmm_2d, gmm_64d], ids=["gmm-2d", "gmm-64d"])
+def test_level_posterior_matches_bayes_rule_and_finds_the_level(make):
+    """gmm-2d's components have distinct eigenvalues; gmm-64d's share a 58-fold isotropic one, which the posterior
+    sums over as one group: both must equal Bayes' rule over the per-level log-densities."""
+    mixture = make()
+    if make is gmm_64d:
+        assert mixture.spectrum_groups()[0].shape[-1] == 7  # rank 6 + the isotropic part
     grid = torch.logspace(-2, 1, 60, dtype=torch.float64)
     gen = torch.Generator().manual_seed(2)
     x0, _ = mixture.sample(500, gen)
     true_level = torch.randint(0, 60, (500,), generator=gen)
-    x = x0 + grid[true_level, None] * torch.randn(500, 2, dtype=torch.float64, generator=gen)
+    x = x0 + grid[true_level, None] * torch.randn(500, mixture.dim, dtype=torch.float64, generator=gen)
     post = mixture.level_log_posterior(x, grid)
-    brute = torch.stack([mixture.log_prob(x, s) for s in grid], 1)
-    assert torch.allclose(post, torch.log_softmax(brute, 1), atol=1e-9)
+    brute = torch.log_softmax(torch.stack([mixture.log_prob(x, s) for s in grid], 1), 1)
+    assert torch.allclose(post, brute, rtol=1e-9, atol=1e-9)
     # the posterior mean level tracks the truth (2-d carries little information per sample: a loose check)
     mean_level = (post.exp() * torch.arange(60)).sum(1)
     assert torch.corrcoef(torch.stack([mean_level, true_level.double()]))[0, 1] > 0.9

@@ -44,6 +44,26 @@ def test_plan_fits_the_budget_and_records_every_model_call(sampler):
     assert torch.equal(x0, workload.run_sampler())  # the same seeds every pass
 
 
+def test_dlg_workload_replays_its_classifier_calls_as_model_time():
+    """DLG's noise-level classifier is a model evaluation like the denoiser's: recorded once, replayed with them."""
+    model = load_model("gmm-2d")
+    workload = plan(model, SAMPLERS["dlg+kar1"], 20, 16)
+    h = workload.hyper
+    chains = workload.batch // h["outputs_per_chain"]
+    per_pass = 1 + h["burn_in_iters"] + h["settle_iters"] + h["outputs_per_chain"] * h["n_skip"]
+    assert len(workload.classifier_inputs) == per_pass
+    assert all(x.shape == (chains, *model.shape) for x in workload.classifier_inputs)
+    calls = []
+    workload.classifier.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    workload.run_model()
+    assert calls == [chains] * per_pass
+    calls.clear()
+    workload.run_sampler()  # the sampler pass uses the same (resolved once) classifier
+    assert calls == [chains] * per_pass
+    (r,) = measure([workload], repeats=2)
+    assert r.model_ms > 0 and 0 <= r.overhead < 1
+
+
 def test_measure_times_sampler_and_replay():
     model = load_model("gmm-2d")
     workloads = [plan(model, SAMPLERS[name], 12, 8) for name in ("ddim", "em")]
