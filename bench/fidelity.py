@@ -102,7 +102,18 @@ def register_extractors() -> None:
 
     from .features import images_to_unit, load_classifier
 
-    class ClassifierFeatures(FeatureExtractorBase):
+    class ProjectExtractor(FeatureExtractorBase):
+        """What both project extractors share: small eager modules, never compiled by torch-fidelity."""
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            raise NotImplementedError
+
+    class ClassifierFeatures(ProjectExtractor):
         """A project classifier (bench.features) on uint8 images; `feature_extractor_weights_path` is its directory."""
 
         def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
@@ -119,20 +130,12 @@ def register_extractors() -> None:
         def get_default_feature_layer_for_metric(metric):
             return "features"
 
-        @staticmethod
-        def can_be_compiled():
-            return False
-
-        @staticmethod
-        def get_dummy_input_for_compile():
-            raise NotImplementedError
-
         def forward(self, x):
             feats = self.net.features(images_to_unit(x, self.size).to(self.net.head.weight))
             out = {"features": feats, "logits": self.net.head(feats)}
             return tuple(out[name] for name in self.features_list)
 
-    class DataFeatures(FeatureExtractorBase):
+    class DataFeatures(ProjectExtractor):
         """The identity: features are the flattened samples themselves (low-dimensional analytic models)."""
 
         def __init__(self, name, features_list, **kwargs):
@@ -145,14 +148,6 @@ def register_extractors() -> None:
         @staticmethod
         def get_default_feature_layer_for_metric(metric):
             return "data"
-
-        @staticmethod
-        def can_be_compiled():
-            return False
-
-        @staticmethod
-        def get_dummy_input_for_compile():
-            raise NotImplementedError
 
         def forward(self, x):
             return (x.flatten(1).to(torch.float64),)
