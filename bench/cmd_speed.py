@@ -9,11 +9,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 DESCRIPTION = """\
-Time every sampler against a replay of its own model evaluations (same batch, same NFE), interleaved in one run,
-and report ratio = sampler time / model-only time and overhead = the share of the sampler's time spent outside the
-model. With a baseline (default: results/benchmarks/speed_baseline.json when it exists), fail (exit 1) when a ratio
-exceeds the baseline's by more than the tolerance or a measured NFE changed. Ratios, unlike seconds, carry over
-between runs of one machine; record a baseline for your own checkpoints and device with --update-baseline.
+Time every sampler against a replay of its own model evaluations (same batch, same NFE; the denoiser's and, for
+DLG, the noise-level classifier's), interleaved in one run, and report ratio = sampler time / model-only time and
+overhead = the share of the sampler's time spent outside model evaluations. With a baseline (default:
+results/benchmarks/speed_baseline.json when it exists), fail (exit 1) when a ratio exceeds the baseline's by more
+than the tolerance or a measured NFE changed. Ratios, unlike seconds, carry over between runs of one machine;
+record a baseline for your own checkpoints and device with --update-baseline.
 """
 
 
