@@ -109,3 +109,17 @@ def test_rk45_overhead_split_between_torchdiffeq_and_scorebench(monkeypatch, cap
             f"scorebench {own_share:.1%}, overhead {solver_share + own_share:.1%}"
         )
     assert own_share < 0.2
+
+
+def test_exact_level_posterior(benchmark):
+    """DLG's classifier on an analytic model: the exact posterior over 1000 levels for 128 chains of gmm-64d."""
+    from models.noise_classifier import classifier_for
+
+    model = model_for("gmm-64d")
+    classifier = classifier_for(model)
+    x = model.mixture.sample(128, torch.Generator().manual_seed(0))[0].float()
+    x = x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    benchmark.group = "gmm-64d, exact level posterior, 128 chains x 1000 levels"
+    with torch.no_grad():
+        log_post = benchmark.pedantic(classifier, (x,), rounds=20, warmup_rounds=2)
+    assert log_post.shape == (128, 1000) and torch.allclose(log_post.exp().sum(1), torch.ones(128, dtype=torch.float64))
