@@ -132,18 +132,20 @@ class Workload:
     nfe: float  # measured evaluations per sample
     inputs: list[tuple[Tensor, Tensor]] = field(repr=False)  # the model inputs of one pass
     seed: int = 0
-    classifier: NoiseClassifier | None = None  # DLG's noise-level classifier, resolved once
-    classifier_inputs: list[Tensor] = field(default_factory=list, repr=False)  # its inputs in one pass
+    classifier_inputs: list[Tensor] = field(default_factory=list, repr=False)  # DLG's classifier inputs in one pass
 
     @property
     def device(self) -> torch.device:
         return self.sigmas.device
 
+    @property
+    def classifier(self) -> NoiseClassifier | None:
+        """DLG's noise-level classifier, resolved once by `plan` and passed in the hyper-parameters."""
+        return self.hyper.get("classifier") if self.spec.chains else None
+
     def run_sampler(self, model: Denoiser | None = None, classifier: NoiseClassifier | None = None) -> Tensor:
         model = self.model if model is None else model
-        hyper = self.hyper
-        if self.classifier is not None:
-            hyper = {**hyper, "classifier": self.classifier if classifier is None else classifier}
+        hyper = self.hyper if classifier is None else {**self.hyper, "classifier": classifier}
         return draw_batch(model, self.spec, self.sigmas, list(range(self.batch)), seed=self.seed, hyper=hyper)
 
     def run_model(self) -> None:
@@ -185,12 +187,10 @@ def plan(
         raise ValueError(f"batch size must be positive, got {batch}")
     device = model.device
     resolved = spec.resolve(hyper or {})
-    classifier = None
     if spec.chains:  # a chain sampler (DLG) runs whole chains: round the batch up to a multiple of their length
         group = int(resolved["outputs_per_chain"])
         batch = -(-batch // group) * group
-        classifier = classifier_for(model, resolved["classifier"], resolved["n_levels"])
-        resolved = {**resolved, "classifier": classifier}
+        resolved["classifier"] = classifier_for(model, resolved["classifier"], resolved["n_levels"])
     if not spec.adaptive:
         steps: int | None = steps_for_budget(spec, nfe, resolved)
         sigmas = make_schedule(spec.schedule, model, steps).to(device)
@@ -210,7 +210,6 @@ def plan(
     measured = recorder.evals / batch
     if measured > nfe:
         raise ValueError(f"{spec.name} took {measured:g} NFE per sample, over the budget of {nfe}")
-    hyper = {k: v for k, v in resolved.items() if k != "classifier"} if classifier is not None else resolved
     return Workload(
         model_name or model.name,
         model,
@@ -218,12 +217,11 @@ def plan(
         nfe,
         batch,
         sigmas,
-        hyper,
+        resolved,
         steps,
         measured,
         recorder.inputs,
         seed,
-        classifier,
         classifier_inputs,
     )
 

@@ -43,6 +43,8 @@ class GaussianMixture:
         if bool((self.eigvals < 0).any()):
             raise ValueError("mixture covariances must be positive semi-definite")
         self.eigvals = self.eigvals.clamp(min=0)
+        self.means_rot = torch.einsum("kd,kde->ke", self.means, self.eigvecs)  # each mean in its eigenbasis [K, d]
+        self.group_member, self.group_values, self.group_sizes = _spectrum_groups(self.eigvals)
 
     @classmethod
     def single(cls, mean, cov) -> GaussianMixture:
@@ -55,7 +57,7 @@ class GaussianMixture:
             return self
         moved = GaussianMixture.__new__(GaussianMixture)
         for key, value in vars(self).items():
-            setattr(moved, key, tuple(v.to(device) for v in value) if isinstance(value, tuple) else value.to(device))
+            setattr(moved, key, value.to(device))
         return moved
 
     @property
@@ -91,7 +93,7 @@ class GaussianMixture:
         """log N(x; mu_k, C_k + sigma^2 I) for every component: [B, K]; sigma a float or [B] tensor."""
         x = x.to(torch.float64)
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, 1, 1)
-        y = torch.einsum("bd,kde->bke", x, self.eigvecs) - torch.einsum("kd,kde->ke", self.means, self.eigvecs)
+        y = torch.einsum("bd,kde->bke", x, self.eigvecs) - self.means_rot
         var = self.eigvals[None] + sigma**2
         return -0.5 * ((y**2 / var).sum(-1) + torch.log(var).sum(-1) + self.dim * math.log(2 * math.pi))
 
@@ -103,36 +105,13 @@ class GaussianMixture:
         """Posterior component probabilities p(k | x) under the sigma-perturbed mixture: [B, K]."""
         return _softmax(torch.log(self.weights) + self.component_log_prob(x, sigma))
 
-    def spectrum_groups(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Each component's eigenvalues grouped by value (equal up to 1e-12 of the largest; e.g. the isotropic part of
-        a low-rank-plus-isotropic covariance is one group): membership [K, d, G] (0/1), group values [K, G] and sizes
-        [K, G], padded with empty groups. Quadratic forms and log-determinants over the eigenbasis only need per-group
-        sums, so level posteriors cost G instead of d per component and level."""
-        if not hasattr(self, "_groups"):
-            k, d = self.eigvals.shape
-            found = []
-            for lam in self.eigvals.cpu():  # ascending
-                tol = 1e-12 * max(float(lam[-1]), 1e-300)
-                starts = torch.nonzero(torch.diff(lam) > tol).flatten() + 1
-                found.append(torch.tensor_split(torch.arange(d), starts.tolist()))
-            g = max(len(groups) for groups in found)
-            member = torch.zeros(k, d, g, dtype=torch.float64)
-            values, sizes = torch.ones(k, g, dtype=torch.float64), torch.zeros(k, g, dtype=torch.float64)
-            for c, groups in enumerate(found):
-                for j, idx in enumerate(groups):
-                    member[c, idx, j] = 1.0
-                    values[c, j], sizes[c, j] = self.eigvals[c, idx].mean(), len(idx)
-            self._groups = tuple(t.to(self.means.device) for t in (member, values, sizes))
-        return self._groups
-
     def level_terms(self, sigmas: Tensor) -> Tensor:
         """What level_log_posterior needs of a grid of levels [L], independent of x: per level and component, the
         weights [L, K, G + 1] that map (squared eigen-coordinates summed per group, 1) to log w_k N(x; mu_k, C_k +
         sigma^2 I) + d/2 log(2 pi): -1/(2 var_g) per group and log w_k - log|C_k + sigma^2 I| / 2. Worth keeping for
         a fixed grid."""
-        _, values, sizes = self.spectrum_groups()
-        var = values[None] + sigmas.to(torch.float64)[:, None, None] ** 2  # [L, K, G]
-        offset = torch.log(self.weights) - 0.5 * (sizes * torch.log(var)).sum(-1)  # [L, K]
+        var = self.group_values[None] + sigmas.to(torch.float64)[:, None, None] ** 2  # [L, K, G]
+        offset = torch.log(self.weights) - 0.5 * (self.group_sizes * torch.log(var)).sum(-1)  # [L, K]
         return torch.cat([-0.5 / var, offset[..., None]], -1)
 
     def level_log_posterior(
@@ -146,13 +125,12 @@ class GaussianMixture:
 
         `terms` = level_terms(sigmas), when the caller keeps them for its grid."""
         weights = self.level_terms(sigmas) if terms is None else terms
-        member = self.spectrum_groups()[0]
         x = x.to(torch.float64)
-        y2 = (torch.einsum("bd,kde->bke", x, self.eigvecs) - torch.einsum("kd,kde->ke", self.means, self.eigvecs)) ** 2
+        y2 = (torch.einsum("bd,kde->bke", x, self.eigvecs) - self.means_rot) ** 2
         features = torch.cat(
             [
-                torch.einsum("bke,keg->kbg", y2, member),
-                y2.new_ones(x.shape[0])[None, :, None].expand(member.shape[0], -1, 1),
+                torch.einsum("bke,keg->kbg", y2, self.group_member),
+                y2.new_ones(x.shape[0])[None, :, None].expand(self.n_components, -1, 1),
             ],
             -1,
         )  # [K, B, G + 1]
@@ -195,7 +173,7 @@ class GMMDenoiser(Denoiser):
         self.register_buffer("means", mixture.means.to(dtype))
         self.register_buffer("eigvecs", mixture.eigvecs.to(dtype))
         self.register_buffer("eigvals", mixture.eigvals.to(dtype))
-        self.register_buffer("means_rot", torch.einsum("kd,kde->ke", mixture.means, mixture.eigvecs).to(dtype))
+        self.register_buffer("means_rot", mixture.means_rot.to(dtype))
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         dtype = self.means.dtype
@@ -207,6 +185,27 @@ class GMMDenoiser(Denoiser):
         r = _softmax(log_r)  # responsibilities [B, K]
         shrunk = r[..., None] * y * (self.eigvals / var)
         return (r @ self.means + torch.einsum("bke,kde->bd", shrunk, self.eigvecs)).to(x.dtype)
+
+
+def _spectrum_groups(eigvals: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each component's eigenvalues [K, d] (ascending) grouped by value, equal up to 1e-12 of the largest (e.g. the
+    isotropic part of a low-rank-plus-isotropic covariance is one group): membership [K, d, G] (0/1), group values
+    [K, G] and sizes [K, G], padded with empty groups. Quadratic forms and log-determinants over the eigenbasis only
+    need per-group sums, so level posteriors cost G instead of d per component and level."""
+    k, d = eigvals.shape
+    found = []
+    for lam in eigvals:
+        tol = 1e-12 * max(float(lam[-1]), 1e-300)
+        starts = torch.nonzero(torch.diff(lam) > tol).flatten() + 1
+        found.append(torch.tensor_split(torch.arange(d), starts.tolist()))
+    g = max(len(groups) for groups in found)
+    member = torch.zeros(k, d, g, dtype=torch.float64)
+    values, sizes = torch.ones(k, g, dtype=torch.float64), torch.zeros(k, g, dtype=torch.float64)
+    for c, groups in enumerate(found):
+        for j, idx in enumerate(groups):
+            member[c, idx, j] = 1.0
+            values[c, j], sizes[c, j] = eigvals[c, idx].mean(), len(idx)
+    return member, values, sizes
 
 
 def _softmax(logits: Tensor) -> Tensor:

@@ -7,6 +7,16 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module, as the speed tools use: a second, descheduled thread stalls every parallel
+    kernel on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def gaussian_ve():
     """A single 2-d Gaussian (closed-form probability flow) as a float64 VE model."""

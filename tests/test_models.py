@@ -82,7 +82,7 @@ def test_level_posterior_matches_bayes_rule_and_finds_the_level(make):
     sums over as one group: both must equal Bayes' rule over the per-level log-densities."""
     mixture = make()
     if make is gmm_64d:
-        assert mixture.spectrum_groups()[0].shape[-1] == 7  # rank 6 + the isotropic part
+        assert mixture.group_member.shape[-1] == 7  # rank 6 + the isotropic part
     grid = torch.logspace(-2, 1, 60, dtype=torch.float64)
     gen = torch.Generator().manual_seed(2)
     x0, _ = mixture.sample(500, gen)

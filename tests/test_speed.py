@@ -12,14 +12,7 @@ from bench.speed import SpeedRow, check, load_baseline, measure, plan, save_base
 from models import load_model
 from samplers import SAMPLERS
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread, as the speed tools use: a second, descheduled thread stalls parallel kernels here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def row(sampler="kar1", ratio=1.2, nfe=9.0, **kw) -> SpeedRow:

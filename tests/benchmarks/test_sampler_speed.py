@@ -17,19 +17,10 @@ from bench.speed import plan
 from models import MODELS, Denoiser, load_model
 from samplers import SAMPLERS
 
-pytestmark = pytest.mark.benchmark
+pytestmark = [pytest.mark.benchmark, pytest.mark.usefixtures("one_torch_thread")]
 
 NFE = 50
 BATCH = {"gmm-64d": 256, "digits-ve": 64}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared machine a second, descheduled thread stalls every parallel kernel."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @cache
