@@ -19,6 +19,8 @@ class Denoiser(nn.Module):
     Attributes every model carries: `shape` (one sample's shape), `sigma_min`/`sigma_max` (the noise range it was
     trained on), `data_range` (e.g. (-1, 1)), `sde` (its native Process), `process` ("ve" or "vp") and `dataset`
     (the name of the data it models, e.g. "digits", or None): metrics pick their reference set from it.
+    A model trained on a discrete set of noise levels (NCSN, NCSNv2, score_sde's discrete VE) also has `levels`, that
+    decreasing float64 grid [L]; samplers' default schedules on it are drawn from those levels. Otherwise None.
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class Denoiser(nn.Module):
         self.sigma_max = float(sde.sigma_max if sigma_max is None else sigma_max)
         self.name = name
         self.dataset = dataset
+        self.register_buffer("levels", None, persistent=False)
 
     @property
     def process(self) -> str:
@@ -93,6 +96,7 @@ class CountingDenoiser(Denoiser):
             dataset=inner.dataset,
         )
         self.inner = inner
+        self.levels = getattr(inner, "levels", None)
         self.calls = 0
         self.evals = 0
         self.extras: dict[str, float] = {}
@@ -115,6 +119,8 @@ class CountingDenoiser(Denoiser):
         try:
             return super().__getattr__(name)
         except AttributeError:
+            if "inner" not in self._modules:  # during __init__
+                raise
             return getattr(self._modules["inner"], name)
 
 

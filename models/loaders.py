@@ -89,6 +89,16 @@ def process_from_config(spec: dict[str, Any]) -> Process:
 
 
 def build_network(arch: str, arch_kwargs: dict[str, Any]) -> nn.Module:
+    """A fresh network for `arch`; an upstream architecture ("score_sde.ncsnpp", ...) registers itself in ARCHS
+    when its format module (models.upstream.<format>) is imported."""
+    fmt = arch.partition(".")[0]
+    if arch not in ARCHS and "." in arch and fmt.isidentifier():
+        from .upstream import FORMATS
+
+        if fmt in FORMATS:
+            import importlib
+
+            importlib.import_module(f"models.upstream.{FORMATS[fmt].module}")
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .base import Denoiser
 from .gmm import GaussianMixture, GMMDenoiser, gmm_2d, gmm_64d
@@ -73,11 +74,19 @@ for _name, _summary in _SHIPPED.items():
     register_model(ModelSpec(_name, _summary, _checkpoint_builder(_name), kind="checkpoint"))
 
 
-def load_model(spec: str, device: str | None = None) -> Denoiser:
-    """Load any model spec: a built-in name (`scorebench list`), `diffusers:PATH`, or a native checkpoint directory."""
+def load_model(spec: str, device: str | None = None, **options: Any) -> Denoiser:
+    """Load any model spec: a built-in name (`scorebench list`), `diffusers:PATH`, an upstream checkpoint
+    (`score_sde:PATH`, `ncsnv2:PATH`, `ddim:PATH`, `edm:PATH`; options such as config=NAME, ema=False,
+    class_labels=...: models.upstream.FORMATS) or a native checkpoint directory."""
+    from .upstream import load_upstream, split_spec
+
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"a model spec must be a non-empty string, got {spec!r}")
-    if spec in MODELS:
+    if split_spec(spec) is not None:
+        model = load_upstream(spec, **options)
+    elif options:
+        raise ValueError(f"model spec {spec!r} takes no options (got {', '.join(sorted(options))})")
+    elif spec in MODELS:
         model = MODELS[spec].build()
     elif spec.startswith("diffusers:"):
         from .loaders import load_diffusers
@@ -90,8 +99,8 @@ def load_model(spec: str, device: str | None = None) -> Denoiser:
     else:
         known = ", ".join(sorted(MODELS))
         raise ValueError(
-            f"unknown model {spec!r}: not a built-in name ({known}), not diffusers:PATH, "
-            "and not an existing checkpoint directory"
+            f"unknown model {spec!r}: not a built-in name ({known}), not diffusers:PATH, score_sde:PATH, "
+            "ncsnv2:PATH, ddim:PATH or edm:PATH, and not an existing checkpoint directory"
         )
     model.eval().requires_grad_(False)
     return model.to(device) if device is not None else model

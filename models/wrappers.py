@@ -10,7 +10,10 @@ predictions (what the network outputs):
 - "v":     v = sqrt(a) eps - sqrt(1 - a) x0 (VP only)           ->  D = sqrt(a) x_native - sqrt(1 - a) v
 conditionings (what the network's time argument is):
 - "sigma" (NCSN++ in diffusers: the timestep argument IS sigma), "t" (continuous t), "t999" (score_sde's continuous
-  VP nets: 999 t), "index" (discrete DDPM nets: the fractional timestep index t T - 1, exact at integer steps).
+  VP nets: 999 t), "index" (discrete DDPM nets: the fractional timestep index t T - 1, exact at integer steps),
+  "level" (discrete VE nets, NCSN/NCSNv2 and score_sde's discrete VE: the index of the model's noise level, 0 = the
+  largest; `levels` is that decreasing grid, and a sigma between levels takes the nearest in log sigma. Samplers'
+  default schedules on such a model are drawn from its levels, and samplers.api refuses a schedule that is not).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from .processes import DDPMProcess, Process
 __all__ = ["NetworkDenoiser", "PREDICTIONS", "CONDITIONINGS"]
 
 PREDICTIONS = ("eps", "score", "x0", "v")
-CONDITIONINGS = ("sigma", "t", "t999", "index")
+CONDITIONINGS = ("sigma", "t", "t999", "index", "level")
 
 
 class _ScheduleTerms:
@@ -92,6 +95,7 @@ class NetworkDenoiser(Denoiser):
         sigma_min: float | None = None,
         sigma_max: float | None = None,
         name: str = "",
+        levels: Tensor | None = None,
     ):
         super().__init__(
             shape=shape, sde=sde, data_range=data_range, sigma_min=sigma_min, sigma_max=sigma_max, name=name
@@ -104,6 +108,13 @@ class NetworkDenoiser(Denoiser):
             raise ValueError("v-prediction is defined for VP processes only")
         if conditioning == "index" and not isinstance(sde, DDPMProcess):
             raise ValueError("conditioning on a timestep index needs a discrete DDPM process")
+        if (conditioning == "level") != (levels is not None):
+            raise ValueError("conditioning on a noise-level index needs the model's `levels`, and only it takes them")
+        if levels is not None:
+            levels = torch.as_tensor(levels, dtype=torch.float64)
+            if levels.ndim != 1 or levels.numel() < 2 or not bool((levels[1:] < levels[:-1]).all()):
+                raise ValueError("a model's noise levels must be a decreasing 1-D grid of at least 2 levels")
+            self.levels = levels
         self.net = net
         self.prediction = prediction
         self.conditioning = conditioning
@@ -115,6 +126,10 @@ class NetworkDenoiser(Denoiser):
             return sigma
         if self.conditioning == "index":
             return self.sde.index_of_sigma(sigma)
+        if self.conditioning == "level":  # nearest level in log sigma: midpoints between neighbours as boundaries
+            log_levels = self.levels.log()
+            bounds = ((log_levels[1:] + log_levels[:-1]) / 2).flip(0)  # increasing
+            return (len(self.levels) - 1 - torch.bucketize(sigma.log(), bounds)).to(torch.float64)
         t = self.sde.t(sigma)
         return t if self.conditioning == "t" else 999 * t
 

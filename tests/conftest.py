@@ -1,4 +1,6 @@
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,3 +26,23 @@ def gaussian_ve():
 
     mixture = GaussianMixture.single([0.3, -0.2], [[0.09, 0.03], [0.03, 0.04]])
     return GMMDenoiser(mixture, VEProcess(0.01, 50.0), dtype=torch.float64, name="gaussian-2d-ve")
+
+
+FIXTURES = Path(os.environ.get("SCOREBENCH_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+
+
+@pytest.fixture
+def upstream_fixture(tmp_path):
+    """copy(name) -> a temporary copy of ../shared/fixtures/checkpoints/<name> (upstream checkpoints with reference
+    outputs made by the upstream code; $SCOREBENCH_FIXTURES overrides the location). A missing fixture fails."""
+
+    def copy(name: str) -> Path:
+        source = FIXTURES / "checkpoints" / name
+        assert source.is_dir(), f"checkpoint fixture {name!r} not found under {FIXTURES} (set SCOREBENCH_FIXTURES)"
+        target = tmp_path / "fixtures" / name
+        shutil.copytree(source, target)
+        for path in [target, *target.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)  # shared/ is read-only in CI
+        return target
+
+    return copy
