@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "bench.cmd_report",
     "bench.cmd_compare",
     "bench.cmd_sample",
+    "bench.cmd_convert",
     "bench.cmd_train",
     "bench.cmd_speed",
 )
@@ -36,6 +37,36 @@ def set_threads(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The load options of upstream checkpoint specs (score_sde:, ncsnv2:, ddim:, edm:)."""
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="upstream checkpoints: a published config name or a config file (default: the "
+        "config beside the checkpoint)",
+    )
+    parser.add_argument(
+        "--raw-weights", action="store_true", help="upstream checkpoints: the raw training weights, not the EMA ones"
+    )
+    parser.add_argument("--class-labels", type=int, default=None, help="EDM: the class of a conditional network")
+
+
+def model_options(args: argparse.Namespace, spec: str) -> dict:
+    """load_model's options for `spec` from add_model_options' flags; ValueError for a flag the spec does not take."""
+    from models.upstream import split_spec
+
+    given = {"config": args.config, "ema": False if args.raw_weights else None, "class_labels": args.class_labels}
+    given = {k: v for k, v in given.items() if v is not None}
+    found = split_spec(spec)
+    accepted = found[0].options if found is not None else ()
+    for key in given:
+        if key not in accepted:
+            flag = "--raw-weights" if key == "ema" else f"--{key.replace('_', '-')}"
+            kind = f"a {found[0].prefix} checkpoint" if found is not None else f"model {spec!r}"
+            raise ValueError(f"{flag} does not apply to {kind}")
+    return given
 
 
 def build_parser() -> argparse.ArgumentParser:

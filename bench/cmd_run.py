@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.no_report:
         from .report import write_report
+        from .runner import locked
 
-        write_report(out)
+        with locked(out):  # no other run may start in the directory while its report is written
+            write_report(out)
     print(f"run directory: {out}")
     return 0

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from .cli import add_threads_option, set_threads
+from .cli import add_model_options, add_threads_option, model_options, set_threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "save them as a grid PNG. A quick way to check that a checkpoint loads and what its samples look like.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("model", help="built-in name (`scorebench list models`), diffusers:PATH, or a checkpoint directory")
+    p.add_argument(
+        "model",
+        help="built-in name (`scorebench list models`), diffusers:PATH, score_sde:PATH, ncsnv2:PATH, ddim:PATH, "
+        "edm:PATH, or a checkpoint directory",
+    )
     p.add_argument("--sampler", default="kar1", help="sampler name (`scorebench list samplers`)")
     p.add_argument("--nfe", type=int, default=35, help="NFE budget per sample")
     p.add_argument("--n", type=int, default=64, help="number of samples")
@@ -27,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="samples.png", help="grid PNG to write")
     add_threads_option(p)
+    add_model_options(p)
     p.add_argument("--hyper", nargs="*", default=[], metavar="KEY=VALUE", help="sampler hyper-parameters, e.g. eta=0.5")
     p.set_defaults(func=run)
 
@@ -56,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"device {args.device!r} requested but CUDA is not available")
     if args.n < 1:
         raise ValueError(f"--n must be positive, got {args.n}")
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, **model_options(args, args.model))
     if len(model.shape) != 3 or model.shape[0] not in (1, 3):
         raise ValueError(f"model {args.model!r} has samples of shape {model.shape}, not images")
     print(

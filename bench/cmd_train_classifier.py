@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models.noise_classifier import DEFAULT_LEVELS, LearnedNoiseClassifier
+from models.checkpoint_dir import check_replaceable
+from models.noise_classifier import DEFAULT_LEVELS, FORMAT, LearnedNoiseClassifier
 
 from .train_classifier import data_source, level_errors, train_noise_classifier
 
@@ -47,8 +48,7 @@ def run(args: argparse.Namespace) -> int:
     arch = args.arch if args.arch != "auto" else ("cnn" if len(shape) == 3 else "mlp")
     arch_kwargs = {} if args.width is None else {"width": args.width}
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"output directory {out} exists and is not empty")
+    check_replaceable(out, FORMAT, ("model.safetensors", "config.json"))  # before the training, not after
     clf = LearnedNoiseClassifier.create(arch, shape, sigma_min, sigma_max, args.levels, **arch_kwargs)
     summary = train_noise_classifier(
         clf,

@@ -35,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .features import save_classifier, train_classifier
+    from models.checkpoint_dir import check_replaceable
+
+    from .features import FEATURES_FORMAT, save_classifier, train_classifier
 
     size, epochs = TRAIN_DEFAULTS[args.data]
     if args.size is not None:
@@ -45,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         if value < 1:
             raise ValueError(f"{flag} must be positive, got {value}")
     out = Path(args.out or f"results/runs/features-{args.data}")
+    check_replaceable(out, FEATURES_FORMAT, ("model.safetensors", "config.json"))  # before the training, not after
     net, summary = train_classifier(
         args.data, epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, image_size=size
     )

@@ -7,6 +7,9 @@ import shlex
 
 import torch
 
+from models.checkpoint_dir import check_replaceable
+from models.loaders import FORMAT, NATIVE_FILES
+
 from .cli import add_threads_option, set_threads
 from .data import DATASETS
 from .train import ScoreTraining, train_score
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {args.device!r} requested but CUDA is not available")
     out = args.out or f"results/runs/train-{cfg.data}-{cfg.process}-s{cfg.seed}"
+    check_replaceable(out, FORMAT, NATIVE_FILES)  # before the training, not after
     command = shlex.join(
         ["scorebench", "train", "score", "--data", cfg.data, "--process", cfg.process, "--steps", str(cfg.steps)]
         + ["--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr), "--ema", str(cfg.ema), "--seed", str(cfg.seed)]

@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -85,20 +83,24 @@ def images_to_unit(images: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------------------
+FEATURES_FORMAT = "feature-classifier"
+
+
 def save_classifier(net: FeatureClassifier, out: str | Path, extra: dict) -> Path:
-    """Write model.safetensors + config.json into `out`, each replaced atomically (never half-written)."""
+    """Write model.safetensors + config.json as directory `out`, whole (models.checkpoint_dir: never half-written,
+    and never over a directory that is not a feature extractor's)."""
     from safetensors.torch import save_file
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = {"kind": "feature-classifier", **asdict(net.config), **extra}
+    from models.checkpoint_dir import write_checkpoint_dir
+
+    config = {"kind": FEATURES_FORMAT, **asdict(net.config), **extra}
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
-        save_file(state, os.path.join(tmp, "model.safetensors"))
-        Path(tmp, "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        os.replace(os.path.join(tmp, "model.safetensors"), out / "model.safetensors")
-        os.replace(os.path.join(tmp, "config.json"), out / "config.json")
-    return out
+
+    def write(tmp: Path) -> None:
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    return write_checkpoint_dir(out, write, FEATURES_FORMAT, ("model.safetensors", "config.json"))
 
 
 def load_classifier(path: str | Path) -> tuple[FeatureClassifier, dict]:

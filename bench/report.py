@@ -407,12 +407,53 @@ def write_report(run_dir: Path | str) -> Path:
         if plot_grids(run_dir, frame, model, order, model_info.get(model, {}), run_dir / "grids" / f"{name}.png"):
             lines += [f"Samples of every sampler at each budget: [grids/{name}.png](grids/{name}.png)", ""]
 
+    published = published_table(suite.get("published") or [], records)
+    if not published.empty:
+        published.to_csv(run_dir / "tables" / "published.csv", index=False)
+        (run_dir / "tables" / "published.md").write_text(_markdown(published, index=False) + "\n")
+        lines += [
+            "## Published and measured",
+            "",
+            "Each published number beside this run's cell of the same model and sampler at the nearest measured NFE "
+            "(`n`: samples behind the measured value; a metric from fewer samples than the paper's is biased).",
+            "",
+            _markdown(published, index=False),
+            "",
+        ]
+
     failed = frame[frame["status"] != "ok"]
     if not failed.empty:
         cols = [c for c in ("model", "sampler", "nfe_budget", "status", "error") if c in failed]
         lines += ["## Cells that did not finish ok", "", _markdown(failed[cols], index=False), ""]
     (run_dir / "report.md").write_text("\n".join(lines))
     return run_dir / "report.md"
+
+
+def published_table(published: list[dict[str, Any]], records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per published number: the paper's value and this run's cell of the same model and sampler at the
+    nearest measured NFE (missing when the run has none)."""
+    rows = []
+    for p in published:
+        cells = [
+            r for r in records if r["model"] == p["model"] and r["sampler"] == p["sampler"] and r["status"] == "ok"
+        ]
+        best = min(cells, key=lambda r: (abs(math.log(max(r["nfe"], 1e-9) / p["nfe"])), -r["nfe"]), default=None)
+        value = None if best is None else (best.get("metrics") or {}).get(p["metric"])
+        rows.append(
+            {
+                "model": p["model"],
+                "sampler": p["sampler"],
+                "metric": p["metric"],
+                "published": p["value"],
+                "published NFE": p["nfe"],
+                "measured": value,
+                "measured NFE": None if best is None else round(best["nfe"], 2),
+                "n": None if best is None else best.get("n"),
+                "preset": p.get("preset") or "",
+                "source": p["source"] + (f" ({p['note']})" if p.get("note") else ""),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _metric_columns(frame: pd.DataFrame, records: list[dict[str, Any]], model: str) -> list[str]:

@@ -10,6 +10,7 @@ A run directory holds:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 RECORDS = "records.jsonl"
+# marks a run directory (only a directory holding it is ever cleared by --force) and carries the OS-level lock of
+# the one process writing the directory, with that process's PID
+MARKER = ".scorebench-run"
 # everything `scorebench run` writes into a run directory: what --force removes, and nothing else
 RUN_OUTPUTS = ("suite.toml", "suite.json", "env.json", RECORDS, "samples", "tables", "plots", "grids", "report.md")
 
@@ -55,8 +59,12 @@ def default_out_dir(suite: Suite) -> Path:
 
 
 def slug(text: str) -> str:
-    """A file-name-safe version of a model or sampler name."""
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "_"
+    """A file name for a model or sampler name: the name itself when it is one, else a cleaned-up version with a
+    hash of the name appended, so that two names never share a file ("m/1", "m 1") and none leaves its directory."""
+    safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_").lstrip(".")
+    if safe and safe == text:
+        return text
+    return f"{safe or '_'}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 # --- validation that needs the models ---------------------------------------------------------------------------
@@ -69,7 +77,7 @@ def load_models(suite: Suite, device: torch.device | str) -> dict[str, torch.nn.
     loaded = {}
     for entry in suite.models:
         try:
-            loaded[entry.name] = load_model(entry.spec).to(device)
+            loaded[entry.name] = load_model(entry.spec, **entry.options).to(device)
         except Exception as err:  # a bad spec or checkpoint of any kind becomes one line before any work starts
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ValueError(f"{suite.source}: model {entry.spec!r} cannot be loaded: {message}") from None
@@ -154,11 +162,13 @@ def check_sharding(suite: Suite, world: int) -> None:
 # --- the run directory ------------------------------------------------------------------------------------------
 
 
-def read_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
+def read_records(path: Path, repair: bool = False, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """The records of a run directory (or of a records.jsonl file).
 
     A record is complete once its newline is on disk: a last line cut short by a kill is dropped, and with `repair`
-    cut from the file so that appending goes on cleanly. A complete line that is not JSON is an error.
+    cut from the file so that appending goes on cleanly. A complete line that is not JSON is an error. Two records of
+    one cell (model, sampler, budget), which only two writers at once could leave, are reported through `warn`
+    (default: a line on stderr) and the later one is kept.
     """
     path = Path(path)
     if path.is_dir():
@@ -167,66 +177,134 @@ def read_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
         raise ValueError(f"{path.parent} is not a run directory: it has no {RECORDS}")
     data = path.read_bytes()
     complete, newline, _torn = data.rpartition(b"\n")
-    records = []
+    by_cell: dict[Any, dict[str, Any]] = {}
+    duplicates = 0
     for i, line in enumerate(complete.split(b"\n") if newline else [], start=1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 raise ValueError(f"{path}: line {i} is not a JSON record") from None
+            key = (record.get("model"), record.get("sampler"), record.get("nfe_budget"))
+            duplicates += key in by_cell
+            by_cell.pop(key, None)
+            by_cell[key] = record
+    if duplicates:
+        (warn or _warn)(f"warning: {path} has {duplicates} duplicate record(s) of a cell; the later of each is used")
     if repair and len(complete) + len(newline) < len(data):
         with open(path, "r+b") as f:
             f.truncate(len(complete) + len(newline))
             f.flush()
             os.fsync(f.fileno())
-    return records
+    return list(by_cell.values())
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def is_run_dir(path: Path) -> bool:
+    """A directory `scorebench run` made: it has the marker (or, from before the marker, all of suite.json,
+    env.json and records.jsonl)."""
+    path = Path(path)
+    return (path / MARKER).is_file() or all((path / name).is_file() for name in ("suite.json", "env.json", RECORDS))
+
+
+def lock_run_dir(path: Path) -> int:
+    """Take the run directory's lock (creating its marker) for this process; ValueError naming the holder's PID when
+    another process has it. The lock is the OS's (flock): it ends with the process, even one that is killed."""
+    import fcntl
+
+    fd = os.open(path / MARKER, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ValueError(
+            f"run directory {path} is in use by process {holder} (a run or report writing it); wait for it to "
+            "finish, or choose another output directory"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+@contextmanager
+def locked(path: Path):
+    """Hold the run directory's lock for a block (report writing; the sweep holds it through RunDir)."""
+    fd = lock_run_dir(Path(path))
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 @dataclass
 class RunDir:
     path: Path
+    lock: int | None = None  # the lock's file descriptor, held by the process writing the directory
 
     @classmethod
     def prepare(cls, path: Path, resolved: dict[str, Any], suite_text: str, resume: bool, force: bool) -> RunDir:
-        """Create (or, with `resume`, reopen) a run directory; ValueError if it cannot be written or is in use.
+        """Create (or, with `resume`, reopen) a run directory and lock it for this process; ValueError if it cannot
+        be written, is in use, or is not a run directory and not empty (nothing is changed then).
 
         `suite.json` is written last: it marks a run that has started. Resuming a directory without it (killed while
-        being set up) starts the run there afresh.
+        being set up) starts the run there afresh. `force` clears only what a run writes (RUN_OUTPUTS), and only in a
+        run directory.
         """
         path = Path(path)
         if resume and force:
             raise ValueError("--resume and --force contradict each other: continue the run, or start it again")
         if path.exists() and not path.is_dir():
             raise ValueError(f"output {path} exists and is not a directory")
-        if resume and (path / "suite.json").exists():
-            before = json.loads((path / "suite.json").read_text())
-            if before != resolved:
-                changed = sorted(k for k in set(before) | set(resolved) if before.get(k) != resolved.get(k))
+        if path.is_dir() and any(path.iterdir()):
+            if not is_run_dir(path):
                 raise ValueError(
-                    f"cannot resume {path}: the suite differs from the one it was started with "
-                    f"(in {', '.join(changed)}); start a new run or use --force"
+                    f"output {path} is not empty and is not a scorebench run directory; refusing to "
+                    f"{'resume in' if resume else 'write into'} it: choose a new or empty directory"
                 )
-            read_records(path, repair=True)
-            return cls(path)
-        if path.is_dir() and any(path.iterdir()) and not (force or resume):
-            raise ValueError(f"output {path} already exists; use --resume to continue that run or --force to redo it")
+            if not (force or resume):
+                raise ValueError(
+                    f"output {path} already exists; use --resume to continue that run or --force to redo it"
+                )
         try:
             path.mkdir(parents=True, exist_ok=True)
-            probe = path / ".write-test"
-            probe.write_text("")
-            probe.unlink()
+            lock = lock_run_dir(path)
         except OSError as err:
             raise ValueError(f"cannot write to output directory {path}: {err.strerror or err}") from None
-        for name in RUN_OUTPUTS:
-            target = path / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-        (path / "suite.toml").write_text(suite_text)
-        (path / RECORDS).touch()
-        _write_json(path / "suite.json", resolved)
-        return cls(path)
+        try:
+            run = cls(path, lock)
+            if resume and (path / "suite.json").exists():
+                before = json.loads((path / "suite.json").read_text())
+                if before != resolved:
+                    changed = sorted(k for k in set(before) | set(resolved) if before.get(k) != resolved.get(k))
+                    raise ValueError(
+                        f"cannot resume {path}: the suite differs from the one it was started with "
+                        f"(in {', '.join(changed)}); start a new run or use --force"
+                    )
+                read_records(path, repair=True)
+                return run
+            for name in RUN_OUTPUTS:
+                target = path / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+            (path / "suite.toml").write_text(suite_text)
+            (path / RECORDS).touch()
+            _write_json(path / "suite.json", resolved)
+            return run
+        except BaseException:
+            os.close(lock)
+            raise
+
+    def close(self) -> None:
+        """Release the lock (the process's exit does it too)."""
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
 
     def records(self) -> list[dict[str, Any]]:
         return read_records(self.path)
@@ -495,6 +573,7 @@ def run_suite(
     """Validate everything, then sweep every cell not yet recorded; returns the run directory (None off rank 0)."""
     suite.validate()
     ranks = Ranks.from_env(device or suite.device)
+    prepared: RunDir | None = None  # rank 0's, holding the directory's lock until the sweep ends
     try:
         check_sharding(suite, ranks.world)
         models = load_models(suite, ranks.device)
@@ -511,15 +590,15 @@ def run_suite(
                 inputs = metric_inputs(suite, models, metrics, references)
                 if out is None:
                     out = _latest_run(suite) if resume else default_out_dir(suite)
-                run = RunDir.prepare(out, resolved, Path(suite.source).read_text(), resume, force)
-                run.log_environment(environment(ranks.device, ranks.world))
-                plan = {"out": str(run.path), "done": [_key(r) for r in run.records()]}
+                prepared = RunDir.prepare(out, resolved, Path(suite.source).read_text(), resume, force)
+                prepared.log_environment(environment(ranks.device, ranks.world))
+                plan = {"out": str(prepared.path), "done": [_key(r) for r in prepared.records()]}
             except ValueError as err:
                 plan = {"error": str(err)}
         plan = ranks.broadcast(plan)
         if "error" in plan:
             raise ValueError(plan["error"])
-        run = RunDir(Path(plan["out"]))
+        run = prepared or RunDir(Path(plan["out"]))
         done = {tuple(k) for k in plan["done"]}
 
         cells = suite.cells()
@@ -548,6 +627,8 @@ def run_suite(
                 bar.update()
         return run.path if ranks.main else None
     finally:
+        if prepared is not None:
+            prepared.close()
         ranks.close()
 
 

@@ -46,7 +46,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ModelEntry", "SamplerEntry", "Cell", "Suite", "SUITES_DIR", "shipped_suites", "find_suite", "load_suite"]
+__all__ = [
+    "ModelEntry",
+    "SamplerEntry",
+    "Cell",
+    "Published",
+    "Suite",
+    "SUITES_DIR",
+    "shipped_suites",
+    "find_suite",
+    "load_suite",
+]
 
 SUITES_DIR = Path(__file__).parent / "suites"
 DEFAULT_BATCH_SIZE = 500
@@ -66,7 +76,9 @@ _SUITE_KEYS = (
     "inception_weights",
     "reference",
 )
-_MODEL_KEYS = ("spec", "name", "n_samples", "batch_size", "budgets", "metrics", "reference")
+# options of upstream checkpoint specs (models.upstream.FORMATS), passed to models.load_model
+MODEL_OPTIONS = ("config", "ema", "class_labels")
+_MODEL_KEYS = ("spec", "name", "n_samples", "batch_size", "budgets", "metrics", "reference", *MODEL_OPTIONS)
 _SAMPLER_RESERVED = ("sampler", "budgets", "schedule", "models", "per_model")
 
 
@@ -79,6 +91,7 @@ class ModelEntry:
     budgets: tuple[int, ...]
     metrics: tuple[str, ...] | None = None  # None: bench.metrics.default_metrics(model)
     reference: str | None = None  # its metrics' reference data; None: built in, else the suite's reference
+    options: dict[str, Any] = field(default_factory=dict)  # load_model options (config, ema, class_labels)
 
     @property
     def n_batches(self) -> int:
@@ -119,6 +132,21 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class Published:
+    """A published number the report prints next to the measured one: model and sampler (the suite's entry names),
+    the NFE it was reported at, the metric, its value, the preset that reproduces the paper's algorithm, the source."""
+
+    model: str
+    sampler: str
+    nfe: int
+    metric: str
+    value: float
+    source: str
+    preset: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     source: str  # the file it was read from
@@ -131,6 +159,7 @@ class Suite:
     bootstrap: int = 0  # half-sample replicates behind each metric's 95% interval; 0: none
     inception_weights: str | None = None  # Inception-v3 weights file; None: torch's hub cache, else downloaded
     reference: str | None = None  # reference data of the models whose metrics need some and name none
+    published: tuple[Published, ...] = ()  # [[published]]: numbers from papers, printed beside the measured ones
 
     def cells(self) -> list[Cell]:
         """Every (model, sampler, budget) cell, model by model, samplers in suite order, budgets ascending."""
@@ -275,7 +304,7 @@ def load_suite(ref: str | Path) -> Suite:
 
 
 def parse_suite(raw: Mapping[str, Any], source: str, default_name: str = "suite") -> Suite:
-    _check_keys(raw, ("suite", "models", "samplers"), source, "the top level")
+    _check_keys(raw, ("suite", "models", "samplers", "published"), source, "the top level")
     head = _table(raw.get("suite", {}), source, "[suite]")
     _check_keys(head, _SUITE_KEYS, source, "[suite]")
     n_samples = _positive_int(head.get("n_samples", 1000), source, "[suite] n_samples")
@@ -330,7 +359,36 @@ def parse_suite(raw: Mapping[str, Any], source: str, default_name: str = "suite"
         bootstrap=bootstrap,
         inception_weights=_path(head.get("inception_weights"), source, "[suite] inception_weights"),
         reference=_path(head.get("reference"), source, "[suite] reference"),
+        published=_published(raw.get("published", []), model_names, [s.name for s in samplers], source),
     )
+
+
+_PUBLISHED_FIELDS = {"model": str, "sampler": str, "nfe": int, "metric": str, "value": float, "source": str}
+
+
+def _published(raw: Any, models: list[str], samplers: list[str], source: str) -> tuple[Published, ...]:
+    if not isinstance(raw, list):
+        raise ValueError(f"{source}: published must be an array of tables ([[published]])")
+    out = []
+    for i, entry in enumerate(raw):
+        where = f"[[published]] #{i + 1}"
+        entry = _table(entry, source, where)
+        _check_keys(entry, (*_PUBLISHED_FIELDS, "preset", "note"), source, where)
+        for key, kind in _PUBLISHED_FIELDS.items():
+            value = entry.get(key)
+            ok = (
+                isinstance(value, int | float) and not isinstance(value, bool)
+                if kind is float
+                else (isinstance(value, kind) and not isinstance(value, bool))
+            )
+            if not ok:
+                raise ValueError(f"{source}: {where} needs {key} ({kind.__name__}), got {value!r}")
+        if entry["model"] not in models:
+            raise ValueError(f"{source}: {where} names unknown model {entry['model']!r}; models: {', '.join(models)}")
+        if entry["sampler"] not in samplers:
+            raise ValueError(f"{source}: {where} names unknown sampler {entry['sampler']!r}")
+        out.append(Published(**{**entry, "value": float(entry["value"])}))
+    return tuple(out)
 
 
 def _model(raw: Any, i: int, defaults: dict[str, Any], source: str) -> ModelEntry:
@@ -357,6 +415,7 @@ def _model(raw: Any, i: int, defaults: dict[str, Any], source: str) -> ModelEntr
         budgets=budgets or (),
         metrics=metrics,
         reference=_path(raw.get("reference"), source, f"{where} reference"),
+        options={k: raw[k] for k in MODEL_OPTIONS if k in raw},
     )
 
 

@@ -25,14 +25,13 @@ for .bin files). Every problem with a path or a file is a one-line ValueError.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .checkpoint_dir import write_checkpoint_dir
 from .processes import DDPMProcess, Process, VEProcess, VPProcess
 from .unet import UNet
 from .wrappers import NetworkDenoiser
@@ -43,6 +42,8 @@ __all__ = [
     "ARCHS",
     "load_native",
     "save_native",
+    "native_config",
+    "convert",
     "load_diffusers",
     "process_to_config",
     "process_from_config",
@@ -108,31 +109,26 @@ def build_network(arch: str, arch_kwargs: dict[str, Any]) -> nn.Module:
 
 
 # --- native checkpoints -------------------------------------------------------------------------------------------
-def save_native(path: str | Path, net: nn.Module, config: dict[str, Any]) -> Path:
-    """Write a native checkpoint directory atomically: a half-written checkpoint never appears at `path`.
+# what a native checkpoint directory may hold: its two files and the training figures written beside them
+NATIVE_FILES = (WEIGHTS, CONFIG, "training_curve.csv", "training_curve.png", "samples.png")
 
-    `config` holds everything but the format fields, which are added here; `path` is replaced if it exists.
+
+def save_native(path: str | Path, net: nn.Module, config: dict[str, Any]) -> Path:
+    """Write a native checkpoint directory whole (models.checkpoint_dir): a half-written checkpoint never appears at
+    `path`, and an existing `path` is replaced only if it is empty or a native checkpoint (else ValueError).
+
+    `config` holds everything but the format fields, which are added here.
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, **config}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
         save_file(state, tmp / WEIGHTS, metadata={"format": FORMAT})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        for file in (tmp / WEIGHTS, tmp / CONFIG):
-            file.chmod(0o644)
-        tmp.chmod(0o755)  # mkdtemp's 0700 would keep the checkpoint from other users
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return path
+
+    return write_checkpoint_dir(path, write, FORMAT, NATIVE_FILES)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -197,6 +193,7 @@ def load_native(path: str | Path, name: str | None = None) -> NetworkDenoiser:
         )
     net = build_network(_field(config, "arch", what), _field(config, "arch_kwargs", what))
     _load_weights(net, _read_safetensors(path / WEIGHTS, what), what)
+    levels = config.get("levels")
     model = NetworkDenoiser(
         net,
         process_from_config(_field(config, "process", what)),
@@ -207,10 +204,50 @@ def load_native(path: str | Path, name: str | None = None) -> NetworkDenoiser:
         sigma_min=config.get("sigma_min"),
         sigma_max=config.get("sigma_max"),
         name=name or path.name,
+        levels=None if levels is None else torch.tensor(levels, dtype=torch.float64),
     )
     model.dataset = config.get("dataset")
     model.config = config
+    model.arch, model.arch_kwargs = config["arch"], config["arch_kwargs"]
+    if config.get("sampler_defaults"):
+        model.sampler_defaults = config["sampler_defaults"]
     return model
+
+
+def native_config(model: NetworkDenoiser) -> dict[str, Any]:
+    """The config.json of a native checkpoint that rebuilds `model` (a network registered in ARCHS, see
+    models.upstream) without its original format."""
+    arch = getattr(model, "arch", None)
+    if not isinstance(model, NetworkDenoiser) or arch is None:
+        raise ValueError(
+            f"model {model.name!r} cannot be converted: only checkpoints whose network scorebench can rebuild "
+            "(native, score_sde:, ncsnv2:, ddim:, edm:) have a native form"
+        )
+    config = {
+        "arch": arch,
+        "arch_kwargs": model.arch_kwargs,
+        "process": process_to_config(model.sde),
+        "prediction": model.prediction,
+        "conditioning": model.conditioning,
+        "shape": list(model.shape),
+        "data_range": list(model.data_range),
+        "dataset": model.dataset,
+        "sigma_min": model.sigma_min,
+        "sigma_max": model.sigma_max,
+    }
+    if model.levels is not None:
+        config["levels"] = model.levels.tolist()
+    if getattr(model, "sampler_defaults", None):
+        config["sampler_defaults"] = model.sampler_defaults
+    return config
+
+
+def convert(model: NetworkDenoiser, out: str | Path, source: str | None = None) -> Path:
+    """Write `model` as a native checkpoint directory `out` (config.json records the source spec)."""
+    config = native_config(model)
+    if source is not None:
+        config["converted_from"] = source
+    return save_native(out, model.net, config)
 
 
 # --- diffusers directories ----------------------------------------------------------------------------------------

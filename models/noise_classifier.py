@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .checkpoint_dir import write_checkpoint_dir
 from .gmm import GaussianMixture
 
 __all__ = [
@@ -208,24 +207,15 @@ class LearnedNoiseClassifier(NoiseClassifier):
         return F.log_softmax(self.net(x.float()).float(), dim=-1)
 
     def save(self, path: str | Path, **info) -> Path:
-        """Write model.safetensors + config.json (with `info`, e.g. training details) as directory `path`, replacing
-        it; the files are written beside it first, so that an interrupted save leaves nothing half-written."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-        try:
+        """Write model.safetensors + config.json (with `info`, e.g. training details) as directory `path`, whole
+        (models.checkpoint_dir: never half-written, and never over a directory that is not a classifier's)."""
+
+        def write(tmp: Path) -> None:
             state = {k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
             (tmp / CONFIG).write_text(json.dumps({**self.config, **info}, indent=2) + "\n")
-            for file in (tmp / WEIGHTS, tmp / CONFIG):
-                file.chmod(0o644)
-            tmp.chmod(0o755)
-            if path.exists():
-                shutil.rmtree(path)
-            tmp.rename(path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        path = write_checkpoint_dir(path, write, FORMAT, (WEIGHTS, CONFIG))
         _load.cache_clear()
         return path
 

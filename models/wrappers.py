@@ -126,12 +126,30 @@ class NetworkDenoiser(Denoiser):
             return sigma
         if self.conditioning == "index":
             return self.sde.index_of_sigma(sigma)
-        if self.conditioning == "level":  # nearest level in log sigma: midpoints between neighbours as boundaries
-            log_levels = self.levels.log()
-            bounds = ((log_levels[1:] + log_levels[:-1]) / 2).flip(0)  # increasing
-            return (len(self.levels) - 1 - torch.bucketize(sigma.log(), bounds)).to(torch.float64)
+        if self.conditioning == "level":
+            return self.level_index(sigma).to(torch.float64)
         t = self.sde.t(sigma)
         return t if self.conditioning == "t" else 999 * t
+
+    def level_index(self, sigma: Tensor) -> Tensor:
+        """The index of each sigma [B] among the model's discrete levels; ValueError (a device-side assert on a GPU,
+        which never waits for the host) for a sigma that is not one of them."""
+        log_levels = self.levels.log()
+        bounds = ((log_levels[1:] + log_levels[:-1]) / 2).flip(0)  # increasing midpoints between neighbours
+        index = len(self.levels) - 1 - torch.bucketize(sigma.log(), bounds)
+        off = torch.where(sigma > 0, sigma / self.levels[index] - 1, 0).abs().amax()  # a schedule's final 0 is no call
+        message = (
+            f"model {self.name!r} was trained on {len(self.levels)} discrete noise levels and sigma is not one of "
+            "them: "
+            "use a schedule drawn from model.levels (every sampler's default schedule is; samplers that evaluate "
+            "between levels, such as kar2 with churn, rk45 or DLG, cannot run on it)"
+        )
+        if sigma.device.type == "cpu":
+            if off > 1e-5:
+                raise ValueError(message)
+        else:
+            torch._assert_async(off <= 1e-5, message)
+        return index
 
     def _convert(self, sigma: Tensor) -> Tensor:
         """[3, n] float64 at levels sigma [n]: the scale s = x_native / x_ve, the weight of the network's output in D,

@@ -177,7 +177,8 @@ def sample(
         raise ValueError("seeds is empty: nothing to sample")
     if nfe < 1:
         raise ValueError(f"NFE budget must be a positive integer, got {nfe}")
-    resolved = spec.resolve(hyper)
+    # a checkpoint may carry its upstream's sampler settings (e.g. NCSNv2's n_steps_each and step size for ald)
+    resolved = spec.resolve({**getattr(model, "sampler_defaults", {}).get(spec.name, {}), **hyper})
 
     def schedule_for(steps: int) -> Tensor:
         if isinstance(schedule, Tensor):

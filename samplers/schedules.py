@@ -7,7 +7,17 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["karras", "geometric", "uniform_t", "native", "SCHEDULES", "make_schedule", "WARPS", "restart"]
+__all__ = [
+    "karras",
+    "geometric",
+    "uniform_t",
+    "native",
+    "SCHEDULES",
+    "make_schedule",
+    "on_levels",
+    "WARPS",
+    "restart",
+]
 
 
 def _with_zero(levels: Tensor) -> Tensor:
@@ -47,12 +57,30 @@ SCHEDULES: dict[str, Callable[..., Tensor]] = {
 }
 
 
+def on_levels(schedule: Tensor, levels: Tensor) -> Tensor:
+    """The schedule moved onto a discrete model's noise levels [L] (decreasing): each positive level goes to the
+    nearest model level in log sigma, nudged so that the n levels stay distinct and decreasing; then 0."""
+    wanted, levels = schedule[:-1].to(torch.float64), levels.to(torch.float64).cpu()
+    n, count = wanted.numel(), levels.numel()
+    if n > count:
+        raise ValueError(f"a schedule of {n} noise levels does not fit a model trained on {count} discrete levels")
+    nearest = (wanted.cpu().log()[:, None] - levels.log()[None]).abs().argmin(1).tolist()
+    index = []
+    for i, j in enumerate(nearest):  # strictly increasing indices, leaving room for the levels still to come
+        index.append(min(max(j, index[-1] + 1 if index else 0), count - (n - i)))
+    return _with_zero(levels[index]).to(schedule.device)
+
+
 def make_schedule(name: str, model, n: int, **kwargs) -> Tensor:
+    """n noise levels of schedule `name` for `model`, then 0; on a model trained on discrete levels (model.levels),
+    the schedule is drawn from those levels (on_levels)."""
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; expected one of {', '.join(SCHEDULES)}")
     if n < 1:
         raise ValueError(f"a schedule needs at least 1 noise level, got {n}")
-    return SCHEDULES[name](model, n, **kwargs)
+    schedule = SCHEDULES[name](model, n, **kwargs)
+    levels = getattr(model, "levels", None)
+    return schedule if levels is None else on_levels(schedule, levels)
 
 
 # Each schedule is evenly spaced in a coordinate phi(sigma): sigma^(1/rho) for karras, log sigma for geometric, the

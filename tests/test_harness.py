@@ -390,7 +390,7 @@ def test_unwritable_or_occupied_output(tmp_path, capsys):
     occupied.mkdir()
     write(occupied / "notes.txt", "mine")
     assert main(["run", str(suite), "--out", str(occupied)]) == 2
-    assert "already exists; use --resume" in capsys.readouterr().err
+    assert "is not a scorebench run directory" in capsys.readouterr().err
     assert [p.name for p in occupied.iterdir()] == ["notes.txt"]
 
 

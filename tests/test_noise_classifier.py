@@ -76,7 +76,9 @@ def test_cli_trains_saves_and_dlg_loads_a_classifier(tmp_path, capsys):
     with pytest.raises(ValueError, match="shape"):
         sample("gmm-64d-ve", "dlg+kar1", nfe=20, seeds=range(8), classifier=str(out))
     # user errors: one line, exit 2, nothing written
+    (out / "notes.txt").write_text("mine")  # a classifier directory may be replaced, but not with a user's file in it
     assert main(["train", "classifier", "--data", "gmm-2d", "--steps", "1", "--out", str(out)]) == 2
+    assert (out / "notes.txt").read_text() == "mine" and json.loads((out / "config.json").read_text()) == config
     assert main(["train", "classifier", "--data", "cifar", "--out", str(tmp_path / "x")]) == 2
     assert "unknown training data" in capsys.readouterr().err and not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="not a noise-classifier directory"):
