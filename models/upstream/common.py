@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,14 +64,15 @@ def read_torch(path: Path, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = first_line(err)
-        if "weights_only" in reason or "Unsupported global" in reason or "GLOBAL" in reason:
-            name = reason.split("GLOBAL", 1)[1].split()[0] if "GLOBAL" in reason else "objects beyond tensors"
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch colours parts of its message
+        needs = re.search(r"(?:Unsupported global: GLOBAL|Unsupported operand|global) ([\w.]+)", text)
+        if "weights_only" in text.lower() or "weights only" in text.lower() or needs:
+            name = needs.group(1) if needs else "objects beyond tensors"
             raise ValueError(
                 f"{what}: refused: unpickling {path.name} needs code ({name}); only tensors and plain containers "
                 "are read"
             ) from None
-        raise ValueError(f"{what}: {path.name} is not a readable checkpoint ({reason})") from None
+        raise ValueError(f"{what}: {path.name} is not a readable checkpoint ({first_line(err)})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as err:
         raise ValueError(f"{what}: {path.name} is not a readable checkpoint ({first_line(err)})") from None
 
