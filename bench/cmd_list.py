@@ -11,7 +11,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="list built-in models, registered samplers and shipped suites",
         description="List built-in models, registered samplers and shipped suites with a one-line description each.",
     )
-    p.add_argument("what", nargs="?", choices=("models", "samplers", "suites", "all"), default="all")
+    p.add_argument(
+        "what",
+        nargs="?",
+        choices=("models", "formats", "configs", "samplers", "suites", "all"),
+        default="all",
+        help="what to list (default: all; `configs` lists the published configs of each upstream format)",
+    )
     p.set_defaults(func=run)
 
 
@@ -20,10 +26,28 @@ def run(args: argparse.Namespace) -> int:
     from samplers import SAMPLERS
 
     if args.what in ("models", "all"):
-        print("models (also: diffusers:PATH, or a native checkpoint directory):")
+        print("models (also: diffusers:PATH, a checkpoint format below, or a native checkpoint directory):")
         width = max(map(len, MODELS))
         for name, spec in MODELS.items():
             print(f"  {name:<{width}}  {spec.summary}")
+    if args.what in ("models", "formats", "all"):
+        from models.upstream import FORMATS
+
+        print("checkpoint formats (PREFIX:PATH; `scorebench list configs` for their published configs):")
+        width = max(map(len, FORMATS)) + 5
+        for prefix, fmt in FORMATS.items():
+            options = f" [options: {', '.join(fmt.options)}]" if fmt.options else ""
+            print(f"  {prefix + ':PATH':<{width}}  {fmt.summary}{options}")
+    if args.what in ("configs", "all"):
+        from models.upstream import FORMATS
+
+        for prefix, fmt in FORMATS.items():
+            configs = fmt.published_configs()
+            if configs:
+                print(f"{prefix} published configs (config=NAME):")
+                width = max(map(len, configs))
+                for name, summary in configs.items():
+                    print(f"  {name:<{width}}  {summary}")
     if args.what in ("samplers", "all"):
         print("samplers:")
         width = max(map(len, SAMPLERS))

@@ -28,6 +28,13 @@ class UpstreamFormat:
     summary: str
     module: str  # the module (in this package) whose load(path, **options) reads it
     options: tuple[str, ...]  # the keyword options load() accepts
+    configs: str | None = None  # the module (in this package) with PUBLISHED_CONFIGS and CONFIG_SUMMARIES
+
+    def published_configs(self) -> dict[str, str]:
+        """The published configs `config=NAME` takes, with a one-line summary each."""
+        if self.configs is None:
+            return {}
+        return dict(importlib.import_module(f"{__name__}.{self.configs}").CONFIG_SUMMARIES)
 
 
 FORMATS: dict[str, UpstreamFormat] = {
@@ -37,12 +44,14 @@ FORMATS: dict[str, UpstreamFormat] = {
         "config=NAME",
         "score_sde",
         ("config", "ema"),
+        "score_sde_configs",
     ),
     "ncsnv2": UpstreamFormat(
         "ncsnv2",
         "ermongroup/ncsnv2 list checkpoint (NCSNv2, Deeper, Deepest; EMA weights), config.yml beside it or config=NAME",
         "ncsnv2",
         ("config", "ema"),
+        "ncsnv2_configs",
     ),
     "ddim": UpstreamFormat(
         "ddim",
@@ -50,6 +59,7 @@ FORMATS: dict[str, UpstreamFormat] = {
         "config=NAME",
         "ddim",
         ("config", "ema"),
+        "ddim_configs",
     ),
     "edm": UpstreamFormat(
         "edm",
