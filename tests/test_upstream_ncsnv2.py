@@ -68,9 +68,10 @@ def test_levels_are_the_checkpoint_sigmas(fixture_dir):
     assert model.levels.dtype == torch.float64 and torch.equal(model.levels, sigmas.double())
     assert torch.equal(model.condition(ref["sigma"]), ref["level"])
     assert model.sigma_max == float(sigmas[0]) and model.sigma_min == float(sigmas[-1])
-    # a sigma between two levels takes the nearer one in log sigma
+    # a sigma between two levels is refused: the network knows only its levels
     between = (model.levels[10] * 0.99 + model.levels[11] * 0.01).reshape(1)
-    assert int(model.condition(between)) == 10
+    with pytest.raises(ValueError, match="232 discrete noise levels"):
+        model.condition(between)
 
 
 def test_model_attributes_and_rebuild(fixture_dir):
