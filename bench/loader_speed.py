@@ -1,0 +1,120 @@
+"""How much loading an upstream checkpoint and wrapping its network as a denoiser cost, measured side by side.
+
+For each checkpoint (the upstream fixtures by default):
+- load: `load_model(SPEC)` plus its first denoiser call, against the bare minimum any loader pays, `torch.load` of
+  the file plus one forward pass of the same, already built network (median of paired ratios over repeats);
+- wrap: the denoiser's forward at batch 64 against the bare network's forward on the same inputs (median of paired
+  ratios), i.e. what the conversion to D(x, sigma) adds per call.
+The clock is the process's CPU time and torch runs on one thread, so that other processes on a shared machine do
+not enter the figures.
+
+    python -m bench.loader_speed --json results/benchmarks/loaders.json [--fixtures DIR] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# fixture folder -> spec template ({} is the folder): the formats whose loading this measures
+CHECKPOINTS = {
+    "score_sde/ve-ncsnpp-continuous": "score_sde:{}/checkpoint_1.pth",
+    "score_sde/vp-ddpmpp-continuous": "score_sde:{}/checkpoint_1.pth",
+    "score_sde/vp-ddpm": "score_sde:{}/checkpoint_1.pth",
+    "ncsnv2/cifar10": "ncsnv2:{}/checkpoint.pth",
+    "ddim/cifar10": "ddim:{}/model-ema.ckpt",
+    "edm/vp-songunet": "edm:{}/network-snapshot.pkl",
+}
+BATCH = 64
+
+
+def _file_of(spec: str) -> Path:
+    return Path(spec.partition(":")[2])
+
+
+def measure(spec: str, repeats: int = 7) -> dict[str, Any]:
+    """Paired CPU-time ratios for one checkpoint spec (see the module docstring)."""
+    from models import load_model
+
+    clock = time.process_time
+    model = load_model(spec)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCH, *model.shape, generator=gen)
+    level = (
+        (model.sigma_min * model.sigma_max) ** 0.5
+        if model.levels is None
+        else float(model.levels[len(model.levels) // 2])
+    )
+    sigma = torch.full((BATCH,), level, dtype=torch.float64)
+    terms = model._terms(sigma, x)  # the network's own inputs, as the denoiser makes them
+    net_x, net_cond = x * terms[0], terms[2].reshape(-1)
+    one_x, one_sigma, one_cond = x[:1], sigma[:1], net_cond[:1]
+
+    load_ratios, wrap_ratios, loads, bares = [], [], [], []
+    with torch.no_grad():
+        model(x, sigma)
+        model.net(net_x, net_cond)
+        for _ in range(repeats):
+            start = clock()
+            loaded = load_model(spec)
+            loaded(one_x, one_sigma)
+            load = clock() - start
+            start = clock()
+            torch.load(_file_of(spec), map_location="cpu", weights_only=_file_of(spec).suffix != ".pkl")
+            model.net(one_x * terms[0][:1], one_cond)
+            bare = clock() - start
+            load_ratios.append(load / bare)
+            loads.append(load)
+            bares.append(bare)
+
+            start = clock()
+            model(x, sigma)
+            wrapped = clock() - start
+            start = clock()
+            model.net(net_x, net_cond)
+            plain = clock() - start
+            wrap_ratios.append(wrapped / plain)
+    return {
+        "spec": spec,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "load_s": round(statistics.median(loads), 4),
+        "torch_load_plus_forward_s": round(statistics.median(bares), 4),
+        "load_ratio": round(statistics.median(load_ratios), 3),
+        "wrap_overhead": round(statistics.median(wrap_ratios) - 1, 4),
+        "repeats": repeats,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.loader_speed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fixtures", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "fixtures")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = []
+    for folder, template in CHECKPOINTS.items():
+        path = args.fixtures / "checkpoints" / folder
+        if not path.is_dir():
+            print(f"{folder}: not found under {args.fixtures}, skipped")
+            continue
+        row = measure(template.format(path), args.repeats)
+        row["checkpoint"] = folder
+        rows.append(row)
+        print(
+            f"{folder:34s} load {row['load_s'] * 1e3:7.1f} ms = {row['load_ratio']:.2f} x (torch.load + forward), "
+            f"denoiser overhead at batch {BATCH}: {100 * row['wrap_overhead']:+.2f}%"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"threads": 1, "clock": "process CPU time", "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
