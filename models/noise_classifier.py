@@ -13,7 +13,9 @@ The grid follows the reference implementation of Kim & Ye (2023): t = linspace(1
 schedule sigma_min (sigma_max / sigma_min)^t, so level 0 is sigma_max and the last level sits just above sigma_min.
 
 How DLG finds a model's classifier (`classifier_for`), first match wins:
-1. the `classifier` hyper-parameter: "exact", or a path to a classifier directory;
+1. the `classifier` hyper-parameter: "exact", a path to a classifier directory, or `dmcmc:PATH` (a 1202kbs/DMCMC
+   classifier file, models.upstream.dmcmc: its level grid ends at the model's sigma_max, its image size is the
+   model's);
 2. an analytic model (it has a `.mixture`): the exact posterior over `noise_grid(model.sigma_min, model.sigma_max)`;
 3. a `noise_classifier` attribute on the model (a path; a checkpoint loader may set it from config.json);
 4. a classifier shipped for the model's dataset: models/checkpoints/<dataset>-noise-classifier/.
@@ -220,9 +222,23 @@ class LearnedNoiseClassifier(NoiseClassifier):
         return path
 
 
-def load_noise_classifier(path: str | Path) -> LearnedNoiseClassifier:
-    """A classifier directory (model.safetensors + config.json); ValueError naming what is missing or wrong."""
-    return _load(str(Path(path).resolve()))
+def load_noise_classifier(
+    spec: str | Path, sigma_max: float | None = None, image_size: int | None = None
+) -> NoiseClassifier:
+    """A classifier directory (model.safetensors + config.json), or `dmcmc:PATH`: a DMCMC classifier file whose level
+    grid ends at `sigma_max`, for images of `image_size` (models.upstream.dmcmc.load_classifier; a directory's grid
+    and shape are its own). ValueError naming what is missing or wrong."""
+    if isinstance(spec, str) and spec.startswith("dmcmc:"):
+        from .upstream.dmcmc import load_classifier
+
+        if not spec.removeprefix("dmcmc:"):
+            raise ValueError(f"noise classifier {spec!r}: no path after 'dmcmc:'")
+        return load_classifier(spec.removeprefix("dmcmc:"), sigma_max=sigma_max, image_size=image_size)
+    if sigma_max is not None or image_size is not None:
+        raise ValueError(
+            f"noise classifier {str(spec)!r}: sigma_max and image_size apply to dmcmc:PATH classifiers only"
+        )
+    return _load(str(Path(spec).resolve()))
 
 
 @lru_cache(maxsize=8)
@@ -244,6 +260,13 @@ def _load(path: str) -> LearnedNoiseClassifier:
     return LearnedNoiseClassifier(net, config).eval().requires_grad_(False)
 
 
+def _load_for(model, spec: str | Path) -> NoiseClassifier:
+    """A classifier file or directory for `model`: a DMCMC file gets the model's sigma_max and image size."""
+    if isinstance(spec, str) and spec.startswith("dmcmc:"):
+        return load_noise_classifier(spec, sigma_max=model.sigma_max, image_size=model.shape[-1])
+    return load_noise_classifier(spec)
+
+
 def classifier_for(model, classifier: str | NoiseClassifier | None = None, n_levels: int = DEFAULT_LEVELS):
     """The noise-level classifier DLG uses for `model` (see the module docstring for the lookup order)."""
     if isinstance(classifier, NoiseClassifier):
@@ -253,9 +276,9 @@ def classifier_for(model, classifier: str | NoiseClassifier | None = None, n_lev
             raise ValueError(f"classifier='exact' needs an analytic model; {model.name!r} has no exact posterior")
         found = ExactNoiseClassifier(model.mixture, noise_grid(model.sigma_min, model.sigma_max, n_levels))
     elif classifier is not None:
-        found = load_noise_classifier(classifier)
+        found = _load_for(model, classifier)
     elif getattr(model, "noise_classifier", None):
-        found = load_noise_classifier(model.noise_classifier)
+        found = _load_for(model, model.noise_classifier)
     elif getattr(model, "dataset", None) and (CHECKPOINTS / f"{model.dataset}-noise-classifier").is_dir():
         found = load_noise_classifier(CHECKPOINTS / f"{model.dataset}-noise-classifier")
     else:
@@ -266,4 +289,9 @@ def classifier_for(model, classifier: str | NoiseClassifier | None = None, n_lev
     shape = getattr(found, "shape", tuple(model.shape))
     if tuple(shape) != tuple(model.shape):
         raise ValueError(f"the noise classifier takes samples of shape {tuple(shape)}, the model {tuple(model.shape)}")
+    data_range = getattr(found, "data_range", None)
+    if data_range is not None and tuple(data_range) != tuple(model.data_range):
+        raise ValueError(
+            f"the noise classifier takes data in {tuple(data_range)}, the model has {tuple(model.data_range)}"
+        )
     return found.to(model.device)
