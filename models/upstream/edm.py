@@ -26,7 +26,7 @@ from torch import Tensor
 from ..loaders import ARCHS
 from ..wrappers import NetworkDenoiser
 from .common import first_line, load_strict
-from .edm_nets import CLASSES, PRECONDS, EDMPrecond, Precond, VEPrecond, VPPrecond, iDDPMPrecond
+from .edm_nets import CLASSES, PRECONDS, Precond
 from .edm_unpickle import ModuleRecord, PersistentObject, read_network_pickle
 
 __all__ = ["load", "ARCH_NAMES"]
@@ -38,7 +38,7 @@ ARCH_NAMES: dict[str, str] = {
     "iDDPMPrecond": "edm.iddpm",
     "EDMPrecond": "edm.edm",
 }
-ARCHS.update({ARCH_NAMES[cls.__name__]: cls for cls in (VPPrecond, VEPrecond, iDDPMPrecond, EDMPrecond)})
+ARCHS.update({ARCH_NAMES[name]: cls for name, cls in PRECONDS.items()})
 
 # dataset names of EDM's dataset archives (dataset_kwargs['path'], e.g. datasets/cifar10-32x32.zip)
 DATASETS = ("cifar10", "ffhq", "afhqv2", "imagenet")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import pickle
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,9 +145,12 @@ def _scalar(dtype: Any, data: Any) -> Any:
     return np.frombuffer(data, dtype=dtype)[0]
 
 
+_NDARRAY = object()  # what the name numpy.ndarray stands for: only an argument of _reconstruct, never called
+
+
 def _array(cls: Any, shape: Any, dtype_code: Any) -> np.ndarray:
     """Stand-in for numpy's multiarray._reconstruct: an empty ndarray that pickle's BUILD then fills (numeric)."""
-    if cls is not np.ndarray:
+    if cls is not _NDARRAY:
         raise _Refused("a numpy array of a subclass")
     return np.ndarray.__new__(np.ndarray, (0,), np.uint8)
 
@@ -173,7 +175,7 @@ def _latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
 
 
 # (module, name) the pickle may name -> what it gets instead. Every entry builds data; none runs anything it is given.
-ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
+ALLOWED: dict[tuple[str, str], Any] = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -185,7 +187,7 @@ ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("_codecs", "encode"): _latin1_bytes,
     ("dnnlib.util", "EasyDict"): dict,
     ("numpy", "dtype"): _dtype,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDARRAY,
     **{(module, "scalar"): _scalar for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
     **{(module, "_reconstruct"): _array for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
     **{(module, "_frombuffer"): _array_from_buffer for module in ("numpy.core.numeric", "numpy._core.numeric")},
