@@ -262,6 +262,14 @@ class FourierEmbedding(nn.Module):
         return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
+def drop_labels(labels: Tensor, p: float) -> Tensor:
+    """Class labels [B, label_dim] with each row zeroed with probability p (classifier-free guidance training)."""
+    if not p:
+        return labels
+    keep = torch.rand([labels.shape[0], 1], device=labels.device) >= p
+    return labels * keep.to(labels.dtype)
+
+
 # --- U-Nets ---------------------------------------------------------------------------------------------------------
 class SongUNet(nn.Module):
     """DDPM++ (positional embedding, standard encoder/decoder, [1,1] filter) and NCSN++ (Fourier embedding, residual
@@ -383,10 +391,7 @@ class SongUNet(nn.Module):
         emb = self.map_noise(noise_labels)
         emb = emb.reshape(emb.shape[0], 2, -1).flip(1).reshape(emb.shape)  # [cos, sin] -> [sin, cos], as score_sde
         if self.map_label is not None:
-            labels = class_labels
-            if self.training and self.label_dropout:
-                keep = torch.rand([x.shape[0], 1], device=x.device) >= self.label_dropout
-                labels = labels * keep.to(labels.dtype)
+            labels = drop_labels(class_labels, self.label_dropout if self.training else 0)
             emb = emb + self.map_label(labels * math.sqrt(self.map_label.in_features))
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
@@ -494,11 +499,7 @@ class DhariwalUNet(nn.Module):
             emb = emb + self.map_augment(augment_labels)
         emb = self.map_layer1(F.silu(self.map_layer0(emb)))
         if self.map_label is not None:
-            labels = class_labels
-            if self.training and self.label_dropout:
-                keep = torch.rand([x.shape[0], 1], device=x.device) >= self.label_dropout
-                labels = labels * keep.to(labels.dtype)
-            emb = emb + self.map_label(labels)
+            emb = emb + self.map_label(drop_labels(class_labels, self.label_dropout if self.training else 0))
         emb = F.silu(emb)
 
         skips = []
