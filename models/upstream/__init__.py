@@ -63,7 +63,7 @@ FORMATS: dict[str, UpstreamFormat] = {
     ),
     "edm": UpstreamFormat(
         "edm",
-        "NVlabs/edm network pickle (SongUNet, DhariwalUNet; VP/VE/EDM preconditioning), read without running it",
+        "NVlabs/edm network pickle (SongUNet, DhariwalUNet; VP/VE/iDDPM/EDM preconditioning), read without running it",
         "edm",
         ("class_labels",),
     ),
