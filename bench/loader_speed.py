@@ -2,7 +2,8 @@
 
 For each checkpoint (the upstream fixtures by default):
 - load: `load_model(SPEC)` plus its first denoiser call, against the bare minimum any loader pays, `torch.load` of
-  the file plus one forward pass of the same, already built network (median of paired ratios over repeats);
+  the file (for EDM's pickles: the restricted unpickler) plus one forward pass of the same, already built network
+  (median of paired ratios over repeats);
 - wrap: the denoiser's forward at batch 64 against the bare network's forward on the same inputs (median of paired
   ratios), i.e. what the conversion to D(x, sigma) adds per call.
 The clock is the process's CPU time and torch runs on one thread, so that other processes on a shared machine do
@@ -38,12 +39,22 @@ def _file_of(spec: str) -> Path:
     return Path(spec.partition(":")[2])
 
 
-def measure(spec: str, repeats: int = 7) -> dict[str, Any]:
+def _reader(spec: str):
+    """The bare reading of the file: torch.load (weights only), or for EDM's pickles, whose own loader would run the
+    code inside them, scorebench's restricted unpickler alone."""
+    if spec.startswith("edm:"):
+        from models.upstream.edm_unpickle import read_network_pickle
+
+        return lambda path: read_network_pickle(path, str(path))
+    return lambda path: torch.load(path, map_location="cpu", weights_only=True)
+
+
+def measure(spec: str, repeats: int = 7, **options: Any) -> dict[str, Any]:
     """Paired CPU-time ratios for one checkpoint spec (see the module docstring)."""
     from models import load_model
 
     clock = time.process_time
-    model = load_model(spec)
+    model = load_model(spec, **options)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(BATCH, *model.shape, generator=gen)
     level = (
@@ -56,17 +67,18 @@ def measure(spec: str, repeats: int = 7) -> dict[str, Any]:
     net_x, net_cond = x * terms[0], terms[2].reshape(-1)
     one_x, one_sigma, one_cond = x[:1], sigma[:1], net_cond[:1]
 
+    read = _reader(spec)
     load_ratios, wrap_ratios, loads, bares = [], [], [], []
     with torch.no_grad():
         model(x, sigma)
         model.net(net_x, net_cond)
         for _ in range(repeats):
             start = clock()
-            loaded = load_model(spec)
+            loaded = load_model(spec, **options)
             loaded(one_x, one_sigma)
             load = clock() - start
             start = clock()
-            torch.load(_file_of(spec), map_location="cpu", weights_only=_file_of(spec).suffix != ".pkl")
+            read(_file_of(spec))
             model.net(one_x * terms[0][:1], one_cond)
             bare = clock() - start
             load_ratios.append(load / bare)
@@ -91,11 +103,44 @@ def measure(spec: str, repeats: int = 7) -> dict[str, Any]:
     }
 
 
+def full_size_score_sde(folder: Path, config: str = "ve/cifar10_ncsnpp_continuous") -> str:
+    """A score_sde checkpoint of a published config at full size (random weights), saved as score_sde saves it;
+    returns its spec (to be loaded with config=`config`)."""
+    from models.upstream.common import Config
+    from models.upstream.score_sde import build_network, network_spec
+    from models.upstream.score_sde_configs import PUBLISHED_CONFIGS
+
+    arch, kwargs = network_spec(Config(PUBLISHED_CONFIGS[config]), config)
+    net = build_network(arch, kwargs)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.02 if p.ndim > 1 else 0.1))
+    state = {f"module.{k}": v for k, v in net.state_dict().items()}
+    shadow = [p.detach().clone() for p in net.parameters() if p.requires_grad]
+    path = folder / "checkpoint_24.pth"
+    torch.save(
+        {
+            "optimizer": {},
+            "model": state,
+            "ema": {"decay": 0.999, "num_updates": 0, "shadow_params": shadow},
+            "step": 0,
+        },
+        path,
+    )
+    return f"score_sde:{path}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.loader_speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--fixtures", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "fixtures")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--full-size",
+        action="store_true",
+        help="also score_sde's CIFAR-10 NCSN++ (ve/cifar10_ncsnpp_continuous) at its published size, random weights",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
@@ -111,6 +156,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{folder:34s} load {row['load_s'] * 1e3:7.1f} ms = {row['load_ratio']:.2f} x (torch.load + forward), "
             f"denoiser overhead at batch {BATCH}: {100 * row['wrap_overhead']:+.2f}%"
         )
+    if args.full_size:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            name = "ve/cifar10_ncsnpp_continuous"
+            row = measure(full_size_score_sde(Path(tmp), name), args.repeats, config=name)
+            row["checkpoint"] = row["spec"] = f"score_sde {name} (published size, random weights)"
+            rows.append(row)
+            print(
+                f"{name} full size: load {row['load_s']:.2f} s = {row['load_ratio']:.2f} x (torch.load + forward), "
+                f"denoiser overhead at batch {BATCH}: {100 * row['wrap_overhead']:+.2f}%"
+            )
     if args.json:
         args.json.write_text(json.dumps({"threads": 1, "clock": "process CPU time", "rows": rows}, indent=2) + "\n")
     return 0

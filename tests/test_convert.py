@@ -51,6 +51,8 @@ UPSTREAM = {
     "score_sde/vp-ddpmpp-continuous": "score_sde:{}/checkpoint_1.pth",
     "score_sde/vp-ddpm": "score_sde:{}/checkpoint_1.pth",
     "ncsnv2/cifar10": "ncsnv2:{}/checkpoint.pth",
+    "ddim/cifar10": "ddim:{}/model-ema.ckpt",
+    "edm/vp-songunet": "edm:{}/network-snapshot.pkl",
 }
 
 
