@@ -111,6 +111,22 @@ def test_samples_within_budget(upstream_fixture, name, sampler):
     assert torch.isfinite(res.x).all()
 
 
+def test_dlg_runs_on_the_ve_checkpoint_within_budget(upstream_fixture, tmp_path):
+    """DLG with a noise-level classifier of the checkpoint's shape (DMCMC's take 32x32 images; the fixture is 16x16,
+    so an untrained classifier over the model's grid stands in): measured NFE within the budget, the classifier
+    evaluations and the burn-in booked apart."""
+    from models.noise_classifier import LearnedNoiseClassifier
+
+    model = _load(upstream_fixture("score_sde/ve-ncsnpp-continuous"))
+    clf = LearnedNoiseClassifier.create("cnn", model.shape, model.sigma_min, model.sigma_max, 1000, width=8)
+    clf.save(tmp_path / "classifier")
+    for n in (2, 5):
+        res = sample(model, "dlg+kar1", nfe=12, seeds=range(n), classifier=str(tmp_path / "classifier"))
+        assert res.nfe <= 12
+        assert res.extras["classifier_evals"] > 0 and res.extras["burn_in_nfe"] > 0
+        assert torch.isfinite(res.x).all()
+
+
 @pytest.mark.parametrize("name", FIXTURES)
 def test_convertible(upstream_fixture, name):
     model = _load(upstream_fixture(f"score_sde/{name}"))
