@@ -142,4 +142,6 @@ def load_strict(net: nn.Module, state: Mapping[str, Any], what: str) -> None:
             if keys
         ]
         raise ValueError(f"{what}: the weights do not match the architecture the config describes: {'; '.join(parts)}")
-    net.load_state_dict(state)
+    # a network built on the meta device (no memory, no random initialisation) takes the loaded tensors themselves
+    on_meta = any(t.is_meta for t in (*net.parameters(), *net.buffers()))
+    net.load_state_dict(state, assign=on_meta)

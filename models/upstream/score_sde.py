@@ -159,7 +159,7 @@ def load(path: Path, config: str | None = None, ema: bool = True) -> NetworkDeno
         raise ValueError(f"{what}: model.embedding_type 'fourier' needs training.continuous (as upstream asserts)")
     process = _process(cfg, sde, continuous, what)
     try:
-        net = build_network(arch, arch_kwargs)
+        net = build_network(arch, arch_kwargs, device="meta")  # the weights come from the file (load_strict)
     except (ValueError, TypeError, KeyError, ZeroDivisionError) as err:
         raise ValueError(f"{what}: cannot build the {arch} network from the config ({first_line(err)})") from None
 
