@@ -91,7 +91,7 @@ def test_bootstrap_intervals_reach_records_and_report(tmp_path, monkeypatch):
         names = DEFAULT_METRICS["analytic"] if r["model"] == "gmm-2d-ve" else ("fd_exact", "weight_tv")
         counts = {"n", "n_ref"} if r["model"] == "gmm-2d-ve" else {"n"}
         intervals = {f"{m}_{end}" for m in names for end in ("lo", "hi")}
-        assert set(r["metrics"]) == {*counts, *names, *intervals}
+        assert set(r["metrics"]) == {*counts, *names, *intervals, "weight_tv_floor"}  # weight_tv's exact floor
         assert r["metrics"]["n"] == 32
         for m in names:  # (a recall of 1 in every half-sample has an interval of width 0)
             assert r["metrics"][f"{m}_lo"] <= r["metrics"][f"{m}_hi"], (m, r["metrics"])
