@@ -136,7 +136,10 @@ def _os_error(err: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     prog = "scorebench"
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as stop:  # --help (0) or an argument error, already said in one line (2)
+            return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
         prog = f"scorebench {args.command}"
         return int(args.func(args) or 0)
     except ValueError as err:  # user input problems: one line, non-zero exit

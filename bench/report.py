@@ -37,8 +37,10 @@ INTERVAL_SUFFIXES = ("_lo", "_hi")
 # total-cost marker of the NFE plots counts each as one evaluation
 EXTRA_COST_KEYS = ("burn_in_nfe", "classifier_evals", "burn_in_classifier_evals")
 PANELS_PER_ROW = 3
-CLIP_QUANTILES = (0.1, 0.9)  # the bulk of a panel's values; the axis spans it plus CLIP_REACH times its width
-CLIP_REACH = 1.0
+# the bulk of a panel's values: the median plus or minus CLIP_REACH robust standard deviations (1.4826 x the median
+# absolute deviation; in decades on a log axis), robust to one sampler in four being far off; values beyond are drawn
+# as triangles on the axis' edge. Bounded metrics (precision, recall in [0, 1]) are never clipped.
+CLIP_REACH = 5.0
 
 
 def _interval(r: pd.Series | dict, metric: str) -> tuple[float, float] | None:
@@ -161,7 +163,8 @@ def best_table(frame: pd.DataFrame, metrics: dict[str, list[str]]) -> pd.DataFra
 def _markdown(df: pd.DataFrame, index: bool = True) -> str:
     """A Markdown table, leaving out the columns that are empty in every row."""
     empty = [c for c in df.columns if df[c].isna().all() or (df[c].astype(str) == "").all()]
-    return df.drop(columns=empty).to_markdown(index=index, floatfmt=".4g")
+    shown = df.drop(columns=empty).astype(object)
+    return shown.where(shown.notna(), None).to_markdown(index=index, floatfmt=".4g", missingval="")
 
 
 # --- plots ------------------------------------------------------------------------------------------------------
@@ -217,21 +220,23 @@ def _log_if_positive(ax, values: pd.Series, axis: str = "y") -> None:
 
 
 def _bulk_limits(values, log: bool) -> tuple[float, float] | None:
-    """Axis limits spanning the bulk of `values` (the CLIP_QUANTILES range, widened by CLIP_REACH times its width on
-    either side, in decades on a log axis), or None when every value fits within that: then nothing is clipped."""
+    """Axis limits spanning the bulk of `values` (median +- CLIP_REACH robust standard deviations, in decades on a
+    log axis), or None when every value lies within: then nothing is clipped."""
     v = np.asarray(list(values), dtype=float)
     v = v[np.isfinite(v)]
     if log:
         v = np.log10(v[v > 0])
     if len(v) < 4:
         return None
-    q_lo, q_hi = np.quantile(v, CLIP_QUANTILES)
-    span = q_hi - q_lo if q_hi > q_lo else (0.5 if log else max(abs(q_hi), 1e-12))
-    lo, hi = q_lo - CLIP_REACH * span, q_hi + CLIP_REACH * span
+    centre = float(np.median(v))
+    spread = 1.4826 * float(np.median(np.abs(v - centre)))
+    if spread == 0:
+        spread = 0.1 if log else max(0.1 * abs(centre), 1e-12)
+    lo, hi = centre - CLIP_REACH * spread, centre + CLIP_REACH * spread
     if lo <= v.min() and hi >= v.max():
         return None
     lo, hi = max(lo, v.min()), min(hi, v.max())
-    pad = 0.06 * (hi - lo if hi > lo else span)
+    pad = 0.06 * (hi - lo if hi > lo else spread)
     lo, hi = lo - pad, hi + pad
     return (10**lo, 10**hi) if log else (lo, hi)
 
@@ -257,19 +262,17 @@ def _clip_y(ax, points: list[tuple[Any, Any, Any]], values) -> int:
     if limits is None:
         return 0
     ax.set_ylim(*limits)
-    clipped = sum(_mark_clipped(ax, x, y, limits, colour) for x, y, colour in points)
-    if clipped:
-        ax.text(
-            0.99,
-            0.99,
-            f"{clipped} value(s) off the axis: \u25b2\u25bc at the edge",
-            transform=ax.transAxes,
-            ha="right",
-            va="top",
-            fontsize=7,
-            bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"},
-        )
-    return clipped
+    return sum(_mark_clipped(ax, x, y, limits, colour) for x, y, colour in points)
+
+
+def _bounded(metric: str) -> bool:
+    """Precision and recall live in [0, 1]: every value of theirs is informative, none is clipped."""
+    m = METRICS.get(metric)
+    return m is not None and m.direction == "higher"
+
+
+def _clip_note(clipped: int) -> str:
+    return f"\n{clipped} value(s) beyond the axis: \u25b2 / \u25bc on its edge" if clipped else ""
 
 
 def total_cost(d: pd.DataFrame) -> pd.Series:
@@ -333,10 +336,10 @@ def plot_nfe(frame: pd.DataFrame, model: str, metrics: list[str], styles, order,
                 series.append((total[extra], d[metric][extra], st["color"]))
         _log_x(ax)
         _log_if_positive(ax, df[metric].dropna())
-        _clip_y(ax, series, df[metric].dropna())
+        clipped = 0 if _bounded(metric) else _clip_y(ax, series, df[metric].dropna())
         ax.set_xlabel("measured NFE per sample")
         ax.set_ylabel(_label(metric))
-        ax.set_title(metric, fontsize=10)
+        ax.set_title(metric + _clip_note(clipped), fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     seen = dict(zip(labels, handles, strict=True))
@@ -375,9 +378,10 @@ def plot_pareto(frame: pd.DataFrame, model: str, metric: str, styles, order, pat
         st = styles[s]
         marker = "o" if st["linestyle"] == "-" else "s"
         calm, hot = d[~busy[d.index]], d[busy[d.index]]
-        ax.scatter(calm["ms_per_sample"], calm[metric], label=s, color=st["color"], marker=marker)
+        if not calm.empty:
+            ax.scatter(calm["ms_per_sample"], calm[metric], label=s, color=st["color"], marker=marker)
         if not hot.empty:
-            ax.scatter(hot["ms_per_sample"], hot[metric], label=None if not calm.empty else s, marker=marker,
+            ax.scatter(hot["ms_per_sample"], hot[metric], label="_" if not calm.empty else s, marker=marker,
                        facecolors="none", edgecolors=st["color"], hatch="/////", linewidths=0.8)  # fmt: skip
         series.append((d["ms_per_sample"], d[metric], st["color"]))
     # Pareto front: the cells no other cell beats in both speed and quality (in the metric's declared direction)
@@ -394,11 +398,11 @@ def plot_pareto(frame: pd.DataFrame, model: str, metric: str, styles, order, pat
         ax.annotate(f"{r['sampler']}@{r['nfe']:.0f}", (r["ms_per_sample"], r[metric]), fontsize=7, alpha=0.85)
     _log_x(ax)
     _log_if_positive(ax, df[metric])
-    _clip_y(ax, series, df[metric])
+    clipped = 0 if _bounded(metric) else _clip_y(ax, series, df[metric])
     ax.set_xlabel("wall-clock per sample [ms] (sampling only)")
     ax.set_ylabel(_label(metric))
     ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(f"{model}: {metric} vs wall-clock")
+    ax.set_title(f"{model}: {metric} vs wall-clock" + _clip_note(clipped))
     handles, labels = ax.get_legend_handles_labels()
     if busy.any():
         cores = df["cpu_count"].dropna().max() if "cpu_count" in df else float("nan")

@@ -80,7 +80,10 @@ def load_model_checked(spec: str, device: torch.device | str = "cpu", where: str
     try:
         model = load_model(spec, **options).to(device)
     except Exception as err:  # a bad spec or checkpoint of any kind becomes one line before any work starts
-        raise ValueError(f"{prefix}model {spec!r} cannot be loaded: {_first_line(err)}") from None
+        why = _first_line(err)
+        if not isinstance(err, ValueError | OSError | KeyError):  # a crash inside the loader: a value it cannot use
+            why = f"{type(err).__name__}: {why} (a bad value in its config?)"
+        raise ValueError(f"{prefix}model {spec!r} cannot be loaded: {why}") from None
     probe_model(model, f"{prefix}model {spec!r}")
     return model
 
