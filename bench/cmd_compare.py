@@ -22,7 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--metric-tol", type=nonneg_float, default=0.05, help="allowed relative worsening of a metric (default 0.05)"
     )
     p.add_argument(
-        "--metric-atol", type=nonneg_float, default=0.0, help="allowed absolute worsening on top of --metric-tol (default 0)"
+        "--metric-atol",
+        type=nonneg_float,
+        default=0.0,
+        help="allowed absolute worsening on top of --metric-tol (default 0)",
     )
     p.add_argument(
         "--speed-tol", type=nonneg_float, default=0.25, help="allowed relative growth of ms per sample (default 0.25)"

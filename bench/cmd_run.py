@@ -88,7 +88,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         out = run_suite(
-            suite, args.out, device=args.device, resume=args.resume, force=args.force, check_resources=not args.yes_i_know
+            suite,
+            args.out,
+            device=args.device,
+            resume=args.resume,
+            force=args.force,
+            check_resources=not args.yes_i_know,
         )
     except Interrupted as stop:
         again = ["scorebench", "run", args.suite, "--out", str(stop.path), "--resume"]

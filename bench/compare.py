@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from .metric_table import METRICS, interval, is_score, tied
+from .metric_table import METRICS, interval, is_score
 from .runner import read_records
 
 __all__ = ["Tolerances", "compare_runs"]
@@ -31,7 +31,7 @@ def compare_runs(run_a: Path, run_b: Path, tol: Tolerances = Tolerances()) -> pd
 
     A regression (`worse`): a cell of A that B lacks; a cell that failed in B (error, diverged) unless it failed the
     same way in A; a metric missing or NaN in B that A had finite; a metric worse, in its declared direction
-    (bench.metric_table), than the tolerances allow and outside the 95% intervals when the runs have them; ms per
+    (bench.metric_table), than the tolerances allow and outside the baseline's 95% interval when it has one; ms per
     sample grown beyond the speed tolerance. Cells only in B are listed as new.
     """
     a, b = _by_key(read_records(run_a)), _by_key(read_records(run_b))
@@ -83,8 +83,9 @@ def compare_runs(run_a: Path, run_b: Path, tol: Tolerances = Tolerances()) -> pd
             ka, kb = m.badness(va), m.badness(vb)
             worse = kb > ka + tol.metric_rel * abs(ka) + tol.metric_abs
             why = note
-            if worse and interval(ma, name) is not None and tied(name, ma, mb):
-                worse, why = False, "; ".join(filter(None, [note, "within the 95% intervals"]))
+            bounds = interval(ma, name)
+            if worse and bounds is not None and bounds[0] <= vb <= bounds[1]:
+                worse, why = False, "; ".join(filter(None, [note, "within A's 95% interval"]))
             row(key, name, va, vb, _relative(va, vb), worse, why)
         ms_a, ms_b = ra.get("ms_per_sample"), rb.get("ms_per_sample")
         if _finite(ms_a) and _finite(ms_b):

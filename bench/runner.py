@@ -176,7 +176,6 @@ def resolve_references(
                 f"warning: {suite.source}: [[models]] {entry.spec!r}: its reference {reference} is not used: none of "
                 f"its metrics ({', '.join(metrics[entry.name])}) compares with reference data"
             )
-            reference = None
         out[entry.name] = reference
     if suite.reference is not None and suite.reference not in out.values():
         _warn_once(

@@ -133,7 +133,8 @@ def test_reference_and_inception_weights_from_the_command_line(tmp_path, monkeyp
         "--reference missing.npz: no such file or directory": ["--reference", "missing.npz"],
         "--inception-weights nope.pth: no such file": ["--reference", str(ref), "--inception-weights", "nope.pth"],
         "not an Inception-v3 state dict": ["--reference", str(ref), "--inception-weights", str(wrong)],
-        "--bootstrap must be a non-negative": ["--reference", str(ref), "--bootstrap", "-1"],
+        # refused while the arguments are parsed
+        "argument --bootstrap: must be a non-negative integer": ["--reference", str(ref), "--bootstrap", "-1"],
     }
     for message, args in bad.items():  # each one line before any work, nothing written
         assert main(["run", str(suite), "--out", str(out), *args]) == 2
