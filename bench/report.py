@@ -215,8 +215,20 @@ def _log_x(ax) -> None:
 
 
 def _log_if_positive(ax, values: pd.Series, axis: str = "y") -> None:
+    """A log axis when every value is positive, its ticks in plain numbers (0.5, 60), not powers (6 x 10^1)."""
+    from matplotlib.ticker import FuncFormatter
+
     if len(values) and (values > 0).all():
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+        target = ax.yaxis if axis == "y" else ax.xaxis
+        plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+        target.set_major_formatter(plain)
+        target.set_minor_formatter(plain if _decades(values) < 1.5 else FuncFormatter(lambda v, _: ""))
+
+
+def _decades(values: pd.Series) -> float:
+    v = np.asarray(values, dtype=float)
+    return float(np.log10(v.max() / v.min())) if len(v) else 0.0
 
 
 def _bulk_limits(values, log: bool) -> tuple[float, float] | None:
