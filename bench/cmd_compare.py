@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .checks import nonneg_float
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,13 +19,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_a", type=Path, help="baseline run directory")
     p.add_argument("run_b", type=Path, help="run directory to check against it")
     p.add_argument(
-        "--metric-tol", type=float, default=0.05, help="allowed relative worsening of a metric (default 0.05)"
+        "--metric-tol", type=nonneg_float, default=0.05, help="allowed relative worsening of a metric (default 0.05)"
     )
     p.add_argument(
-        "--metric-atol", type=float, default=0.0, help="allowed absolute worsening on top of --metric-tol (default 0)"
+        "--metric-atol",
+        type=nonneg_float,
+        default=0.0,
+        help="allowed absolute worsening on top of --metric-tol (default 0)",
     )
     p.add_argument(
-        "--speed-tol", type=float, default=0.25, help="allowed relative growth of ms per sample (default 0.25)"
+        "--speed-tol", type=nonneg_float, default=0.25, help="allowed relative growth of ms per sample (default 0.25)"
     )
     p.add_argument("--no-speed", action="store_true", help="do not check speed (runs from different machines)")
     p.add_argument("--all", action="store_true", help="print every compared quantity, not only the regressions")
@@ -32,19 +37,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .checks import writable_file
     from .compare import Tolerances, compare_runs
+    from .files import write_text
 
-    for name, value in (
-        ("--metric-tol", args.metric_tol),
-        ("--metric-atol", args.metric_atol),
-        ("--speed-tol", args.speed_tol),
-    ):
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+    if args.csv:
+        writable_file(args.csv, "--csv")  # before the comparison, not after
     tol = Tolerances(args.metric_tol, args.metric_atol, None if args.no_speed else args.speed_tol)
     table = compare_runs(args.run_a, args.run_b, tol)
     if args.csv:
-        table.to_csv(args.csv, index=False)
+        write_text(args.csv, table.to_csv(index=False))
     if table.empty:
         print("no cells to compare")
         return 0

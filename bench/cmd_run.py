@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from .checks import nonneg_int, positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -31,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samplers", type=_names, help="comma-separated sampler names: run only these samplers")
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         help="CPU threads for torch (default: torch's choice); on a busy machine --threads 1 is often much faster",
     )
     p.add_argument(
@@ -48,12 +50,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--bootstrap",
-        type=int,
+        type=nonneg_int,
         metavar="B",
         help="add a 95%% interval (<metric>_lo, <metric>_hi) to every metric from B random half-samples "
         "(default: the suite's, else 0: none)",
     )
     p.add_argument("--no-report", action="store_true", help="skip the tables and plots at the end")
+    p.add_argument(
+        "--yes-i-know",
+        action="store_true",
+        help="start even when the suite's memory or time estimate exceeds what this machine has (checked first)",
+    )
     p.set_defaults(func=run)
 
 
@@ -80,7 +87,14 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        out = run_suite(suite, args.out, device=args.device, resume=args.resume, force=args.force)
+        out = run_suite(
+            suite,
+            args.out,
+            device=args.device,
+            resume=args.resume,
+            force=args.force,
+            check_resources=not args.yes_i_know,
+        )
     except Interrupted as stop:
         again = ["scorebench", "run", args.suite, "--out", str(stop.path), "--resume"]
         for flag in ("device", "models", "samplers", "threads", "reference", "inception_weights", "bootstrap"):

@@ -5,9 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
-from .cli import add_model_options, add_threads_option, model_options, set_threads
+from .checks import image_suffix, positive_int
+from .cli import (
+    DefaultsFormatter,
+    add_device_option,
+    add_model_options,
+    add_seed_option,
+    add_threads_option,
+    device,
+    model_options,
+    set_threads,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="sample a model (built-in name, diffusers:PATH or checkpoint directory) into a grid PNG",
         description="Load a model spec, draw --n samples (seeds 0..n-1) with one sampler within an NFE budget, and "
         "save them as a grid PNG. A quick way to check that a checkpoint loads and what its samples look like.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument(
         "model",
@@ -24,12 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "edm:PATH, or a checkpoint directory",
     )
     p.add_argument("--sampler", default="kar1", help="sampler name (`scorebench list samplers`)")
-    p.add_argument("--nfe", type=int, default=35, help="NFE budget per sample")
-    p.add_argument("--n", type=int, default=64, help="number of samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="samples.png", help="grid PNG to write")
+    p.add_argument("--nfe", type=positive_int, default=35, help="NFE budget per sample")
+    p.add_argument("--n", type=positive_int, default=64, help="number of samples")
+    add_seed_option(p, help="the noise streams' seed: sample i uses (seed, i)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="samples per batch (default: all at once)")
+    add_device_option(p)
+    p.add_argument("--out", default="samples.png", help="grid image to write (.png, .jpg, ...)")
     add_threads_option(p)
     add_model_options(p)
     p.add_argument("--hyper", nargs="*", default=[], metavar="KEY=VALUE", help="sampler hyper-parameters, e.g. eta=0.5")
@@ -49,19 +57,32 @@ def _hyper(pairs: list[str]) -> dict:
     return hyper
 
 
+def check_hyper(sampler: str, hyper: dict) -> None:
+    """The sampler is registered, knows every key, and each value has its default's type; else one ValueError."""
+    from samplers import get_sampler
+
+    from .suite import _check_types
+
+    spec = get_sampler(sampler)
+    try:
+        spec.resolve(hyper)
+        _check_types(hyper, spec.defaults())
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"--hyper: {err}") from None
+
+
 def run(args: argparse.Namespace) -> int:
-    from models import load_model
+    from .grid import save_grid
+    from .runner import load_model_checked
+
+    image_suffix(args.out)  # before the sampling, not after
+    hyper = _hyper(args.hyper)
+    dev = device(args)
+    set_threads(args)
+    check_hyper(args.sampler, hyper)
     from samplers import sample
 
-    from .grid import save_grid
-
-    set_threads(args)
-    hyper = _hyper(args.hyper)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {args.device!r} requested but CUDA is not available")
-    if args.n < 1:
-        raise ValueError(f"--n must be positive, got {args.n}")
-    model = load_model(args.model, device=args.device, **model_options(args, args.model))
+    model = load_model_checked(args.model, dev, **model_options(args, args.model))
     if len(model.shape) != 3 or model.shape[0] not in (1, 3):
         raise ValueError(f"model {args.model!r} has samples of shape {model.shape}, not images")
     print(

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+
+from .checks import nonneg_float, nonneg_int, positive_float, positive_int, writable_file
+from .cli import add_device_option
+from .cli import device as checked_device
+from .files import write_json
+
+# bench.speed's defaults, repeated here so that --help needs no torch (tests/test_harness_defects.py checks them)
+DEFAULT_BASELINE = Path("results/benchmarks/speed_baseline.json")
+DEFAULT_TOLERANCE = 0.25
+GATE_REPEATS, BASELINE_REPEATS = 11, 31
 
 DESCRIPTION = """\
 Time every sampler against a replay of its own model evaluations (same batch, same NFE; the denoiser's and, for
@@ -19,8 +28,6 @@ record a baseline for your own checkpoints and device with --update-baseline.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from bench.speed import BASELINE_REPEATS, DEFAULT_BASELINE, DEFAULT_TOLERANCE, GATE_REPEATS
-
     p = sub.add_parser(
         "speed",
         help="sampler overhead vs model-only time, and the speed regression gate",
@@ -29,18 +36,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", nargs="+", default=["gmm-64d"], metavar="SPEC", help="model specs (default: gmm-64d)")
     p.add_argument("--samplers", nargs="+", metavar="NAME", help="samplers to time (default: every registered one)")
-    p.add_argument("--nfe", type=int, default=50, help="NFE budget per sample (default: 50)")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per batch (default: 256)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--nfe", type=positive_int, default=50, help="NFE budget per sample (default: 50)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="samples per batch (default: 256)")
+    add_device_option(p)
     p.add_argument(
         "--repeats",
-        type=int,
+        type=positive_int,
         default=None,
         help=f"interleaved timed pairs per workload (default: {GATE_REPEATS}; with --update-baseline "
         f"{BASELINE_REPEATS}, so that a baseline carries less noise than the runs checked against it)",
     )
     p.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (default: 1, the most reproducible; 0: torch's own)"
+        "--threads",
+        type=nonneg_int,
+        default=1,
+        help="torch CPU threads (default: 1, the most reproducible; 0: torch's own)",
     )
     p.add_argument(
         "--baseline",
@@ -51,13 +61,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--update-baseline", action="store_true", help="write the measured ratios into the baseline")
     p.add_argument(
         "--tolerance",
-        type=float,
+        type=positive_float,
         default=DEFAULT_TOLERANCE,
         help=f"allowed relative increase of a ratio over its baseline (default: {DEFAULT_TOLERANCE})",
     )
     p.add_argument(
         "--max-overhead",
-        type=float,
+        type=nonneg_float,
         default=None,
         metavar="F",
         help="also fail when a sampler's overhead exceeds this fraction (e.g. 0.2)",
@@ -70,9 +80,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from bench.speed import (
-        BASELINE_REPEATS,
-        DEFAULT_BASELINE,
-        GATE_REPEATS,
         check,
         environment,
         format_rows,
@@ -82,14 +89,10 @@ def run(args: argparse.Namespace) -> int:
         save_baseline,
     )
 
-    repeats = args.repeats or (BASELINE_REPEATS if args.update_baseline else GATE_REPEATS)
-    if args.nfe < 1 or args.batch_size < 1 or repeats < 1:
-        raise ValueError("--nfe, --batch-size and --repeats must be positive")
-    if args.tolerance <= 0:
-        raise ValueError(f"--tolerance must be positive, got {args.tolerance}")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available")
+    repeats = args.repeats if args.repeats is not None else (BASELINE_REPEATS if args.update_baseline else GATE_REPEATS)
+    device = torch.device(checked_device(args))
+    if args.json is not None:
+        writable_file(args.json, "--json")  # before the timing, not after
     baseline_path = args.baseline or DEFAULT_BASELINE
     baseline = load_baseline(baseline_path)  # fail on a malformed file before the long part
     if args.baseline is not None and not baseline and not args.update_baseline:
@@ -109,10 +112,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"device {device}{threads}, {repeats} interleaved repeats")
     print(format_rows(rows))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps({"environment": environment(), "rows": [asdict(r) for r in rows]}, indent=1) + "\n"
-        )
+        write_json(args.json, {"environment": environment(), "rows": [asdict(r) for r in rows]}, indent=1)
 
     failed = []
     if args.update_baseline:

@@ -6,6 +6,8 @@ import argparse
 import shlex
 import sys
 
+from .checks import nonneg_int, positive_float, positive_int
+
 # per dataset: (classifier resolution, epochs). mnist5k is classified at 14x14 (area-downsampled) to stay CPU-cheap.
 TRAIN_DEFAULTS = {"digits": ((8, 8), 60), "mnist5k": ((14, 14), 30)}
 
@@ -24,11 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="checkpoint directory to write (default: results/runs/features-<data>; the shipped one is "
         "models/checkpoints/<data>-features)",
     )
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: 60 for digits, 30 for mnist5k)")
-    p.add_argument("--size", type=int, default=None, help="classifier resolution (default: 8 digits, 14 mnist5k)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: 60 for digits, 30 for mnist5k)")
+    p.add_argument(
+        "--size", type=positive_int, default=None, help="classifier resolution (default: 8 digits, 14 mnist5k)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=64, help="default: 64")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="default: 0")
     p.set_defaults(func=run)
 
 

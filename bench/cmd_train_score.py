@@ -5,14 +5,10 @@ from __future__ import annotations
 import argparse
 import shlex
 
-import torch
-
-from models.checkpoint_dir import check_replaceable
-from models.loaders import FORMAT, NATIVE_FILES
-
-from .cli import add_threads_option, set_threads
+from .checks import nonneg_float, nonneg_int, positive_float, positive_int
+from .cli import DefaultsFormatter, add_device_option, add_threads_option, device, set_threads
 from .data import DATASETS
-from .train import ScoreTraining, train_score
+from .train_config import ScoreTraining
 
 _DEFAULTS = ScoreTraining()
 
@@ -26,31 +22,41 @@ def register(train_sub: argparse._SubParsersAction) -> None:
         "conditioned on sigma, sigma log-uniform in [sigma-min, sigma-max]. VP: a discrete DDPM eps network "
         "(linear betas 1e-4..0.02, T=1000) conditioned on the timestep index. Also writes training_curve.csv/.png "
         "and samples.png (drawn with kar1).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument("--data", choices=tuple(DATASETS), default=_DEFAULTS.data, help="training set")
     p.add_argument("--process", choices=("ve", "vp"), default=_DEFAULTS.process, help="forward process")
-    p.add_argument("--steps", type=int, default=_DEFAULTS.steps, help="optimiser steps")
-    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
-    p.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="Adam learning rate (after a linear warm-up)")
-    p.add_argument("--ema", type=float, default=_DEFAULTS.ema, help="EMA decay of the saved weights")
-    p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
-    p.add_argument("--sigma-min", type=float, default=_DEFAULTS.sigma_min, help="VE: smallest training sigma")
+    p.add_argument("--steps", type=positive_int, default=_DEFAULTS.steps, help="optimiser steps")
+    p.add_argument("--batch-size", type=positive_int, default=_DEFAULTS.batch_size)
+    p.add_argument(
+        "--lr", type=positive_float, default=_DEFAULTS.lr, help="Adam learning rate (after a linear warm-up)"
+    )
+    p.add_argument("--ema", type=nonneg_float, default=_DEFAULTS.ema, help="EMA decay of the saved weights")
+    p.add_argument("--seed", type=nonneg_int, default=_DEFAULTS.seed)
+    p.add_argument("--sigma-min", type=positive_float, default=_DEFAULTS.sigma_min, help="VE: smallest training sigma")
     p.add_argument(
         "--sigma-max",
-        type=float,
+        type=positive_float,
         default=None,
         help="VE: largest training sigma (default: the largest pairwise distance of the training images, rounded up)",
     )
     p.add_argument("--out", default=None, help="checkpoint directory (default: results/runs/train-DATA-PROCESS-sSEED)")
     p.add_argument("--figures", default=None, help="where the training curve and sample grid go (default: --out)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_option(p, default=None, what="cuda when available, else cpu")
     add_threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from models.checkpoint_dir import check_replaceable
+    from models.loaders import FORMAT, NATIVE_FILES
+
+    from .train import train_score
+
+    dev = device(args, fallback="cuda" if torch.cuda.is_available() else "cpu")
     set_threads(args)
     cfg = ScoreTraining(
         data=args.data,
@@ -64,8 +70,6 @@ def run(args: argparse.Namespace) -> int:
         sigma_max=args.sigma_max,
     )
     cfg.check()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {args.device!r} requested but CUDA is not available")
     out = args.out or f"results/runs/train-{cfg.data}-{cfg.process}-s{cfg.seed}"
     check_replaceable(out, FORMAT, NATIVE_FILES)  # before the training, not after
     command = shlex.join(
@@ -74,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         + (["--sigma-min", str(cfg.sigma_min)] if cfg.process == "ve" else [])
         + (["--sigma-max", str(cfg.sigma_max)] if cfg.sigma_max is not None else [])
     )
-    result = train_score(cfg, out, figures=args.figures, device=args.device, command=command, progress=not args.quiet)
+    result = train_score(cfg, out, figures=args.figures, device=dev, command=command, progress=not args.quiet)
     figures = args.figures or result.path
     print(f"checkpoint: {result.path} (final loss {result.final_loss:.4f}, {result.seconds:.0f} s)")
     print(f"figures: {figures}/training_curve.png, {figures}/samples.png")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .report import is_score, lower_is_better
+from .metric_table import METRICS, interval, is_score
 from .runner import read_records
 
 __all__ = ["Tolerances", "compare_runs"]
@@ -28,8 +29,10 @@ def _by_key(records: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[st
 def compare_runs(run_a: Path, run_b: Path, tol: Tolerances = Tolerances()) -> pd.DataFrame:
     """One row per (cell, quantity) of the baseline `run_a` compared with `run_b`; `worse` marks regressions.
 
-    A cell of A that B lacks, or that was ok in A and is not in B, is a regression; cells only in B are listed as
-    new. Quantities: every metric of the cell (direction per metric) and ms_per_sample.
+    A regression (`worse`): a cell of A that B lacks; a cell that failed in B (error, diverged) unless it failed the
+    same way in A; a metric missing or NaN in B that A had finite; a metric worse, in its declared direction
+    (bench.metric_table), than the tolerances allow and outside the baseline's 95% interval when it has one; ms per
+    sample grown beyond the speed tolerance. Cells only in B are listed as new.
     """
     a, b = _by_key(read_records(run_a)), _by_key(read_records(run_b))
     rows = []
@@ -52,25 +55,40 @@ def compare_runs(run_a: Path, run_b: Path, tol: Tolerances = Tolerances()) -> pd
     for key, ra in a.items():
         rb = b.get(key)
         if rb is None:
-            row(key, "cell", ra["status"], None, worse=True, note="missing in B")
+            row(key, "cell", ra.get("status"), None, worse=True, note="missing in B")
             continue
-        if ra["status"] != "ok" or rb["status"] != "ok":
-            worse = ra["status"] == "ok"
-            row(key, "status", ra["status"], rb["status"], worse=worse, note=rb.get("error") or "" if worse else "")
+        sa, sb = ra.get("status"), rb.get("status")
+        if sb != "ok":  # a failure is a regression unless the baseline failed the same way
+            worse = sb != sa
+            row(key, "status", sa, sb, worse=worse, note=(rb.get("error") or f"{sb} in B") if worse else "as in A")
+            continue
+        if sa != "ok":
+            row(key, "status", sa, sb, note="ok in B only")
             continue
         note = "" if ra.get("n") == rb.get("n") else f"n differs ({ra.get('n')} vs {rb.get('n')})"
-        for metric, va in ra["metrics"].items():
-            if not is_score(metric):  # sample counts and interval bounds are no quality to regress
+        ma, mb = ra.get("metrics") or {}, rb.get("metrics") or {}
+        for name in dict.fromkeys([*ma, *mb]):
+            if not is_score(name):  # sample counts, interval bounds, floors and spreads are no quality to regress
                 continue
-            vb = rb["metrics"].get(metric)
-            if vb is None:
-                row(key, metric, va, None, worse=True, note="metric missing in B")
+            va, vb = ma.get(name), mb.get(name)
+            if not _finite(vb):  # missing or NaN in B: a regression unless it was so in A
+                what = "missing" if vb is None else f"{vb} (not a number)"
+                worse = _finite(va)
+                row(key, name, va, vb, worse=worse, note=f"{what} in B" + ("" if worse else ", as in A"))
                 continue
-            slack = tol.metric_rel * abs(va) + tol.metric_abs
-            worse = vb > va + slack if lower_is_better(metric) else vb < va - slack
-            row(key, metric, va, vb, _relative(va, vb), worse, note)
+            if not _finite(va):
+                row(key, name, va, vb, note="not a number in A, finite in B" if name in ma else "new in B")
+                continue
+            m = METRICS[name]
+            ka, kb = m.badness(va), m.badness(vb)
+            worse = kb > ka + tol.metric_rel * abs(ka) + tol.metric_abs
+            why = note
+            bounds = interval(ma, name)
+            if worse and bounds is not None and bounds[0] <= vb <= bounds[1]:
+                worse, why = False, "; ".join(filter(None, [note, "within A's 95% interval"]))
+            row(key, name, va, vb, _relative(va, vb), worse, why)
         ms_a, ms_b = ra.get("ms_per_sample"), rb.get("ms_per_sample")
-        if ms_a and ms_b:
+        if _finite(ms_a) and _finite(ms_b):
             slower = tol.speed_rel is not None and ms_b > ms_a * (1 + tol.speed_rel)
             row(key, "ms_per_sample", ms_a, ms_b, _relative(ms_a, ms_b), slower)
         if ra.get("nfe") != rb.get("nfe"):
@@ -81,7 +99,11 @@ def compare_runs(run_a: Path, run_b: Path, tol: Tolerances = Tolerances()) -> pd
     return pd.DataFrame(rows)
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _relative(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or a == 0:
+    if not (_finite(a) and _finite(b)) or a == 0:
         return None
     return (b - a) / abs(a)

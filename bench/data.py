@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["Dataset", "DATASETS", "load_dataset"]
 
@@ -35,6 +37,8 @@ def _split(x: np.ndarray, y: np.ndarray, name: str, heldout_fraction: float) -> 
     order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
     n_held = int(round(heldout_fraction * len(x)))
     held, train = order[:n_held], order[n_held:]
+    import torch
+
     xt = torch.from_numpy(x.astype(np.float32))
     yt = torch.from_numpy(y.astype(np.int64))
     return Dataset(name, xt[train], yt[train], xt[held], yt[held])

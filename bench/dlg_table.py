@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from bench.files import write_text
 from bench.metrics import compute_metrics
 from models import load_model
 from samplers import SAMPLERS, sample
@@ -178,10 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m bench.dlg_table " + shlex.join(argv if argv is not None else sys.argv[1:])
-    table.to_csv(out / f"{args.model}.csv", index=False, float_format="%.6g")
+    write_text(out / f"{args.model}.csv", table.to_csv(index=False, float_format="%.6g"))
     if check is not None:
-        check.to_csv(out / f"{args.model}-sample-size.csv", index=False, float_format="%.6g")
-    (out / f"{args.model}.md").write_text(to_markdown(table, check, args.model, args.n, command.strip()))
+        write_text(out / f"{args.model}-sample-size.csv", check.to_csv(index=False, float_format="%.6g"))
+    write_text(out / f"{args.model}.md", to_markdown(table, check, args.model, args.n, command.strip()))
     print(f"wrote {out / args.model}.csv and .md")
     return 0
 

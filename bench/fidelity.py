@@ -214,6 +214,8 @@ def make_reference(
     ([N, H, W], [N, H, W, C] or [N, C, H, W], C in 1 or 3; the array named `images` when there are several)."""
     if isinstance(ref, Tensor):
         x = ref.detach().cpu()
+        if len(x) == 0:
+            raise ValueError(f"reference {label or 'tensor'} holds no samples (shape {list(x.shape)})")
         if x.ndim == 4:
             x = to_uint8(x, data_range)
         elif x.ndim == 2:
@@ -239,16 +241,26 @@ def make_reference(
 
 
 def _load_npz(path: Path) -> Tensor:
+    import zipfile
+
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            keys = list(npz.keys())
-            if len(keys) != 1 and "images" not in keys:
-                raise ValueError(f"{path} holds arrays {keys}: name the image array `images`")
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        raise ValueError(f"reference {path} is not a readable .npz archive of arrays (numpy.savez): {err}") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"reference {path} is a single .npy array, not an .npz archive: save it with numpy.savez")
+    with npz:
+        keys = list(npz.keys())
+        if not keys:
+            raise ValueError(f"reference {path} holds no arrays: it needs uint8 images [N, H, W(, C)]")
+        if len(keys) != 1 and "images" not in keys:
+            raise ValueError(f"{path} holds arrays {keys}: name the image array `images`")
+        try:
             arr = npz["images" if "images" in keys else keys[0]]
-    except (OSError, EOFError, ValueError) as err:
-        if "name the image array" in str(err):
-            raise
-        raise ValueError(f"cannot read reference {path}: {err}") from err
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+            raise ValueError(f"cannot read reference {path}: {err}") from None
+    if arr.size == 0 or arr.ndim == 0 or len(arr) == 0:
+        raise ValueError(f"reference {path} holds no images (array of shape {arr.shape})")
     if arr.dtype != np.uint8:
         raise ValueError(f"reference {path} must hold uint8 images, got dtype {arr.dtype}")
     if arr.ndim == 3:

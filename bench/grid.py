@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .files import replacing
+
 __all__ = ["save_grid"]
 
 
@@ -22,5 +24,6 @@ def save_grid(x: Tensor, path: str | Path, data_range: tuple[float, float] = (-1
         images = torch.nn.functional.interpolate(images, scale_factor=upscale, mode="nearest")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, path, nrow=max(1, round(len(images) ** 0.5)), padding=2, pad_value=0.5)
+    with replacing(path) as tmp:
+        save_image(images, tmp, nrow=max(1, round(len(images) ** 0.5)), padding=2, pad_value=0.5)
     return path

@@ -8,7 +8,11 @@ features (likewise `*_mnist5k`); `fd_data`, `kd_data`, ... on the raw coordinate
 Analytic models (Gaussian mixtures) also get exact metrics against the true distribution p:
 - `fd_exact`: Frechet distance between the samples' mean/covariance and the mixture's exact moments;
 - `weight_tv`: total-variation distance between the true mixture weights and the samples' mean responsibilities
-  (mode coverage; 0 in expectation for exact samples);
+  (mode coverage). Biased upwards at finite n, like every absolute difference: n exact samples score about
+  `weight_tv_floor` = 1/2 sum_k sd_k sqrt(2 / (pi n)), with sd_k the standard deviation of component k's
+  responsibility under p (from 5 x 10^4 fixed-seed exact samples; the normal approximation of E|mean - w_k|, within
+  2% of the Monte Carlo mean at n = 100..2000 on gmm-2d and gmm-64d). Every record with weight_tv carries its floor
+  at the record's n: a value near the floor is as good as exact samples;
 - `mmd2_exact`: unbiased estimate of the squared MMD between the samples' law q and p, Gaussian kernel
   k(x, y) = exp(-|x - y|^2 / (2 l^2)) with l^2 = tr Cov_p (the median heuristic in expectation). The p-terms are
   exact: E_y~p k(x, y) = (2 pi l^2)^(d/2) p_l(x), with p_l the mixture perturbed by noise l (its exact log_prob), and
@@ -54,6 +58,7 @@ from .fidelity import (
 __all__ = [
     "frechet_distance",
     "exact_metrics",
+    "weight_tv_floor",
     "default_metrics",
     "compute_metrics",
     "needs_reference",
@@ -116,6 +121,19 @@ def _compute_constants(mixture) -> tuple[float, float, float]:
     return ell2, kernel_pp, mean_log_p
 
 
+_RESPONSIBILITY_SD: dict[bytes, Tensor] = {}
+
+
+def weight_tv_floor(mixture, n: int) -> float:
+    """The expected weight_tv of n exact samples of `mixture` (see the module docstring)."""
+    key = hashlib.sha256(b"".join(t.numpy().tobytes() for t in (mixture.weights, mixture.means, mixture.covs)))
+    key = key.digest()
+    if key not in _RESPONSIBILITY_SD:
+        x, _ = mixture.sample(ENTROPY_SAMPLES, torch.Generator().manual_seed(REFERENCE_SEED + 2))
+        _RESPONSIBILITY_SD[key] = torch.cat([mixture.responsibilities(c) for c in x.split(10_000)]).std(0)
+    return float(0.5 * _RESPONSIBILITY_SD[key].sum() * math.sqrt(2 / (math.pi * n)))
+
+
 def _kernel_qq(x: Tensor, ell2: float) -> float:
     """Mean of k(x_i, x_j) over pairs i != j (a U-statistic), in row blocks of at most ~10^7 kernel values."""
     n, total = len(x), 0.0
@@ -138,6 +156,7 @@ def exact_metrics(mixture, x: Tensor, names: Sequence[str] = EXACT_METRICS) -> d
     if "weight_tv" in names:
         resp = mixture.responsibilities(x).mean(0)
         out["weight_tv"] = float(0.5 * (resp - mixture.weights).abs().sum())
+        out["weight_tv_floor"] = weight_tv_floor(mixture, len(x))
     if "mmd2_exact" in names or "logp_gap" in names:
         ell2, kernel_pp, mean_log_p = _mixture_constants(mixture)
         if "mmd2_exact" in names:
@@ -146,14 +165,15 @@ def exact_metrics(mixture, x: Tensor, names: Sequence[str] = EXACT_METRICS) -> d
             out["mmd2_exact"] = _kernel_qq(x, ell2) - 2 * kernel_qp + kernel_pp
         if "logp_gap" in names:
             out["logp_gap"] = mean_log_p - float(mixture.log_prob(x).mean())
-    return {k: out[k] for k in names if k in out}
+    return {k: out[k] for k in (*names, "weight_tv_floor") if k in out}
 
 
 def _bootstrap_exact(mixture, x: Tensor, point: dict, names: Sequence[str], n_boot: int, seed: int) -> dict:
     reps: dict[str, list[float]] = {name: [] for name in names}
     for idx in half_samples(len(x), n_boot, seed):
         for name, value in exact_metrics(mixture, x[idx], names).items():
-            reps[name].append(value)
+            if name in reps:  # the floor of a half-sample is no replicate of anything
+                reps[name].append(value)
     return half_sample_interval(point, reps)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import json
 import operator
 import statistics
 import sys
@@ -36,6 +35,8 @@ from torch import Tensor, nn
 from models import DDPMProcess, NetworkDenoiser, load_model
 from samplers import SAMPLERS
 from samplers.api import synchronize
+
+from .files import write_json
 
 __all__ = ["NETS", "ConvEps", "PeerRow", "tiny_unet", "compare", "format_table", "main"]
 
@@ -301,7 +302,7 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> list[Pe
     out(format_table(rows))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
+        write_json(args.json, [asdict(r) for r in rows], indent=1)
     return rows
 
 

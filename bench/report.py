@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -24,92 +25,122 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .files import save_figure, write_text
+from .metric_table import METRICS, interval, is_score, tied
 from .runner import read_records, slug
 
-__all__ = ["records_frame", "metric_table", "best_table", "write_report", "lower_is_better", "is_score"]
+__all__ = ["records_frame", "metric_table", "best_table", "write_report", "is_score", "loaded"]
 
 DLG_PREFIX = "dlg+"
-# metrics where larger is better; every other metric (FID, KID, FD, TV distances...) is a distance
-HIGHER_IS_BETTER_PREFIXES = ("precision", "recall", "density", "coverage", "isc", "inception_score")
-
-
-# keys of a record's metrics that are not scores: sample counts, and the interval bounds <name>_lo / <name>_hi
-COUNT_KEYS = ("n", "n_ref")
 INTERVAL_SUFFIXES = ("_lo", "_hi")
-
-
-def lower_is_better(metric: str) -> bool:
-    return not metric.startswith(HIGHER_IS_BETTER_PREFIXES)
-
-
-def is_score(key: str) -> bool:
-    """Whether a key of a record's metrics is a metric value (not a sample count or an interval bound)."""
-    return key not in COUNT_KEYS and not key.endswith(INTERVAL_SUFFIXES)
+# work a sampler books apart from its NFE (DLG's amortised burn-in and noise-level classifier calls), per sample: the
+# total-cost marker of the NFE plots counts each as one evaluation
+EXTRA_COST_KEYS = ("burn_in_nfe", "classifier_evals", "burn_in_classifier_evals")
+PANELS_PER_ROW = 3
+# the bulk of a panel's values: the median plus or minus CLIP_REACH robust standard deviations (1.4826 x the median
+# absolute deviation; in decades on a log axis), robust to one sampler in four being far off; values beyond are drawn
+# as triangles on the axis' edge. Bounded metrics (precision, recall in [0, 1]) are never clipped.
+CLIP_REACH = 5.0
 
 
 def _interval(r: pd.Series | dict, metric: str) -> tuple[float, float] | None:
-    lo, hi = r.get(f"{metric}_lo"), r.get(f"{metric}_hi")
-    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
-        return None
-    return float(lo), float(hi)
+    return interval(r, metric)
+
+
+def _label(metric: str) -> str:
+    m = METRICS.get(metric)
+    return f"{metric} ({m.label})" if m else metric
+
+
+def loaded(r: pd.Series | dict) -> bool:
+    """Whether the machine's load average exceeded its cores while the cell sampled: its timing is noise."""
+    cores = r.get("cpu_count")
+    loads = [r.get(k) for k in ("load_before", "load_after")]
+    loads = [float(v) for v in loads if v is not None and not pd.isna(v)]
+    return bool(loads) and cores is not None and not pd.isna(cores) and max(loads) > float(cores)
 
 
 # --- tables -----------------------------------------------------------------------------------------------------
 
 
 def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per record: its fields, then one column per metric and per sampler extra (e.g. DLG's burn-in NFE)."""
+    """One row per record: its fields, then one column per metric and per sampler extra (e.g. DLG's burn-in NFE), and
+    `loaded` (the machine's load exceeded its cores during the cell)."""
     rows = []
     for r in records:
         row = {k: v for k, v in r.items() if k not in ("metrics", "extras", "hyper")}
         row["hyper"] = json.dumps(r.get("hyper", {}), sort_keys=True)
         row.update(r.get("extras") or {})
         row.update(r.get("metrics") or {})
+        row["loaded"] = loaded(r)
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    for column in ("model", "sampler", "nfe_budget", "status", "nfe", "ms_per_sample", "wall_s"):
+        if column not in frame and not frame.empty:
+            frame[column] = np.nan  # e.g. no cell finished ok: no timing anywhere
+    return frame
 
 
 def _fmt(value: float) -> str:
-    if value is None or not np.isfinite(value):
+    if value is None or pd.isna(value) or not np.isfinite(value):
         return "-"
     return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
 
 
 def metric_table(frame: pd.DataFrame, model: str, metric: str, order: list[str] | None = None) -> pd.DataFrame:
     """Rows: samplers (in `order`, default suite order); columns: NFE budgets; cells: 'value @measured NFE' (with
-    '[lo, hi]', its interval, when there is one), or the status of a cell that did not finish ok."""
+    '[lo, hi]', its interval, when there is one, and '(exact: f)' when the metric has an exact-sample floor), or the
+    status of a cell that did not finish ok."""
     df = frame[frame["model"] == model]
     order = [s for s in order or df["sampler"] if s in set(df["sampler"])]
     order = list(dict.fromkeys(order))
 
     def cell(r: pd.Series) -> str:
         if r["status"] != "ok":
-            return r["status"]
+            return str(r["status"])
         value = r.get(metric)
         if value is None or pd.isna(value):
             return "-"
-        interval = _interval(r, metric)
-        shown = _fmt(value) if interval is None else f"{_fmt(value)} [{_fmt(interval[0])}, {_fmt(interval[1])}]"
+        bounds = _interval(r, metric)
+        shown = _fmt(value) if bounds is None else f"{_fmt(value)} [{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
+        floor = r.get(f"{metric}_floor")
+        if floor is not None and not pd.isna(floor):
+            shown += f" (exact: {_fmt(floor)})"
         return f"{shown} @{r['nfe']:.3g}"
 
-    shown = df.assign(cell=df.apply(cell, axis=1))
+    shown = df.assign(cell=df.apply(cell, axis=1) if not df.empty else [])
     table = shown.pivot(index="sampler", columns="nfe_budget", values="cell").reindex(order)
     table.columns = [f"NFE<={b}" for b in table.columns]
     return table.fillna("")
 
 
 def best_table(frame: pd.DataFrame, metrics: dict[str, list[str]]) -> pd.DataFrame:
-    """The best sampler (among ok cells) per model, metric and NFE budget, with its measured NFE and speed."""
+    """The best sampler (among ok cells) per model, metric and NFE budget, ranked by the metric's declared direction
+    (bench.metric_table: a distance's estimate below its floor counts as the floor, a target metric by its distance
+    to the target), with its measured NFE and speed, its companion metric (precision beside recall), the samplers
+    whose values are within noise of it (`tied_with`), and the runner-up."""
     rows = []
+    if frame.empty or "status" not in frame:
+        return pd.DataFrame(rows)
     ok = frame[frame["status"] == "ok"]
     for model, names in metrics.items():
         for metric in names:
+            info = METRICS.get(metric)
             df = ok[(ok["model"] == model)]
-            if metric not in df or df[metric].isna().all():
+            if info is None or not info.score or metric not in df or df[metric].isna().all():
                 continue
             df = df.dropna(subset=[metric])
+            df = df.assign(_rank=[info.badness(float(v)) for v in df[metric]])
             for budget, group in df.groupby("nfe_budget"):
-                best = group.loc[group[metric].idxmin() if lower_is_better(metric) else group[metric].idxmax()]
+                group = group.sort_values(["_rank", "nfe"], kind="stable")
+                best = group.iloc[0]
+                rest = group.iloc[1:]
+                ties = [r["sampler"] for _, r in rest.iterrows() if tied(metric, best, r)]
+                companion = ""
+                if info.companion and info.companion in group and not pd.isna(best.get(info.companion)):
+                    companion = f"{info.companion} {_fmt(best[info.companion])}"
+                floor = best.get(f"{metric}_floor")
+                runner = rest.iloc[0] if not rest.empty else None
                 rows.append(
                     {
                         "model": model,
@@ -117,24 +148,23 @@ def best_table(frame: pd.DataFrame, metrics: dict[str, list[str]]) -> pd.DataFra
                         "nfe_budget": int(budget),
                         "best_sampler": best["sampler"],
                         "value": best[metric],
+                        "exact_floor": None if floor is None or pd.isna(floor) else floor,
                         "nfe": best["nfe"],
                         "ms_per_sample": best["ms_per_sample"],
-                        "runner_up": _runner_up(group, metric, best["sampler"]),
+                        "timing": "loaded" if best.get("loaded") else "",
+                        "companion": companion,
+                        "tied_with": ", ".join(ties),
+                        "runner_up": "" if runner is None else f"{runner['sampler']} ({_fmt(runner[metric])})",
                     }
                 )
     return pd.DataFrame(rows)
 
 
-def _runner_up(group: pd.DataFrame, metric: str, best: str) -> str:
-    rest = group[group["sampler"] != best].sort_values(metric, ascending=lower_is_better(metric))
-    if rest.empty:
-        return ""
-    r = rest.iloc[0]
-    return f"{r['sampler']} ({_fmt(r[metric])})"
-
-
 def _markdown(df: pd.DataFrame, index: bool = True) -> str:
-    return df.to_markdown(index=index, floatfmt=".4g")
+    """A Markdown table, leaving out the columns that are empty in every row."""
+    empty = [c for c in df.columns if df[c].isna().all() or (df[c].astype(str) == "").all()]
+    shown = df.drop(columns=empty).astype(object)
+    return shown.where(shown.notna(), None).to_markdown(index=index, floatfmt=".4g", missingval="")
 
 
 # --- plots ------------------------------------------------------------------------------------------------------
@@ -185,73 +215,213 @@ def _log_x(ax) -> None:
 
 
 def _log_if_positive(ax, values: pd.Series, axis: str = "y") -> None:
+    """A log axis when every value is positive, its ticks in plain numbers (0.5, 60), not powers (6 x 10^1)."""
+    from matplotlib.ticker import FuncFormatter
+
     if len(values) and (values > 0).all():
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+        target = ax.yaxis if axis == "y" else ax.xaxis
+        plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+        target.set_major_formatter(plain)
+        target.set_minor_formatter(plain if _decades(values) < 1.5 else FuncFormatter(lambda v, _: ""))
+
+
+def _decades(values: pd.Series) -> float:
+    v = np.asarray(values, dtype=float)
+    return float(np.log10(v.max() / v.min())) if len(v) else 0.0
+
+
+def _bulk_limits(values, log: bool) -> tuple[float, float] | None:
+    """Axis limits spanning the bulk of `values` (median +- CLIP_REACH robust standard deviations, in decades on a
+    log axis), or None when every value lies within: then nothing is clipped."""
+    v = np.asarray(list(values), dtype=float)
+    v = v[np.isfinite(v)]
+    if log:
+        v = np.log10(v[v > 0])
+    if len(v) < 4:
+        return None
+    centre = float(np.median(v))
+    spread = 1.4826 * float(np.median(np.abs(v - centre)))
+    if spread == 0:
+        spread = 0.1 if log else max(0.1 * abs(centre), 1e-12)
+    lo, hi = centre - CLIP_REACH * spread, centre + CLIP_REACH * spread
+    if lo <= v.min() and hi >= v.max():
+        return None
+    lo, hi = max(lo, v.min()), min(hi, v.max())
+    pad = 0.06 * (hi - lo if hi > lo else spread)
+    lo, hi = lo - pad, hi + pad
+    return (10**lo, 10**hi) if log else (lo, hi)
+
+
+def _mark_clipped(ax, xs, ys, limits: tuple[float, float], colour) -> int:
+    """Triangles on the edge of a clipped y axis where values lie beyond it (pointing the way they went); returns
+    how many there are."""
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    above, below = ys > limits[1], ys < limits[0]
+    style = {"color": colour, "s": 42, "clip_on": False, "zorder": 5, "edgecolors": "black", "linewidths": 0.5}
+    if above.any():
+        ax.scatter(xs[above], np.full(above.sum(), limits[1]), marker="^", **style)
+    if below.any():
+        ax.scatter(xs[below], np.full(below.sum(), limits[0]), marker="v", **style)
+    return int(above.sum() + below.sum())
+
+
+def _clip_y(ax, points: list[tuple[Any, Any, Any]], values) -> int:
+    """Clip the y axis of a panel to the bulk of `values` and mark every point of `points` ((x, y, colour) per
+    series) beyond it; returns the number of clipped points."""
+    log = ax.get_yscale() == "log"
+    limits = _bulk_limits(values, log)
+    if limits is None:
+        return 0
+    ax.set_ylim(*limits)
+    return sum(_mark_clipped(ax, x, y, limits, colour) for x, y, colour in points)
+
+
+def _bounded(metric: str) -> bool:
+    """Precision and recall live in [0, 1]: every value of theirs is informative, none is clipped."""
+    m = METRICS.get(metric)
+    return m is not None and m.direction == "higher"
+
+
+def _clip_note(clipped: int) -> str:
+    return f"\n{clipped} value(s) beyond the axis: \u25b2 / \u25bc on its edge" if clipped else ""
+
+
+def total_cost(d: pd.DataFrame) -> pd.Series:
+    """NFE per sample plus the work a sampler books apart (DLG: amortised burn-in NFE and classifier calls, each
+    counted as one evaluation)."""
+    total = d["nfe"].astype(float).copy()
+    for key in EXTRA_COST_KEYS:
+        if key in d:
+            total += d[key].astype(float).fillna(0.0)
+    return total
+
+
+def _grid(n: int, width: float, height: float, legend: float = 2.0) -> tuple[Figure, list]:
+    """A figure of n panels, at most PANELS_PER_ROW per row, with room on the right for a legend."""
+    cols = min(PANELS_PER_ROW, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(width * cols + legend, height * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, list(axes[:n])
 
 
 def plot_nfe(frame: pd.DataFrame, model: str, metrics: list[str], styles, order, path: Path) -> bool:
+    """Each metric against measured NFE, one panel per metric (at most PANELS_PER_ROW per row). A DLG point is also
+    drawn at its total cost (hollow square joined by a dotted line): NFE plus its amortised burn-in and classifier
+    calls. Each panel's y axis spans the bulk of its values; values beyond it are triangles on the edge."""
+    from matplotlib.lines import Line2D
+
+    if frame.empty or "status" not in frame:
+        return False
     df = frame[(frame["model"] == model) & (frame["status"] == "ok")]
     metrics = [m for m in metrics if m in df and df[m].notna().any()]
     if df.empty or not metrics:
         return False
-    fig = Figure(figsize=(5.0 * len(metrics), 4.0))
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    fig.subplots_adjust(wspace=0.3)
+    fig, axes = _grid(len(metrics), 4.6, 3.6)
+    has_cost = False
     for ax, metric in zip(axes, metrics, strict=True):
+        series = []
         for s in order:
             d = df[df["sampler"] == s].dropna(subset=[metric]).sort_values("nfe")
             if d.empty:
                 continue
+            st = styles[s]
             bounds = [_interval(r, metric) for _, r in d.iterrows()]
             if any(b is not None for b in bounds):  # error bars from the interval; none where a cell lacks one
                 below = [max(0.0, v - b[0]) if b else 0.0 for v, b in zip(d[metric], bounds, strict=True)]
                 above = [max(0.0, b[1] - v) if b else 0.0 for v, b in zip(d[metric], bounds, strict=True)]
-                ax.errorbar(d["nfe"], d[metric], yerr=[below, above], capsize=2, label=s, **styles[s])
+                ax.errorbar(d["nfe"], d[metric], yerr=[below, above], capsize=2, label=s, **st)
             else:
-                ax.plot(d["nfe"], d[metric], label=s, **styles[s])
+                ax.plot(d["nfe"], d[metric], label=s, **st)
+            series.append((d["nfe"], d[metric], st["color"]))
+            total = total_cost(d)
+            extra = total > d["nfe"] + 1e-9
+            if extra.any():
+                has_cost = True
+                for x0, x1, y in zip(d["nfe"][extra], total[extra], d[metric][extra], strict=True):
+                    ax.plot([x0, x1], [y, y], color=st["color"], linestyle=":", linewidth=0.8, alpha=0.8)
+                ax.plot(total[extra], d[metric][extra], linestyle="none", marker="s", markersize=5,
+                        markerfacecolor="none", color=st["color"])  # fmt: skip
+                series.append((total[extra], d[metric][extra], st["color"]))
         _log_x(ax)
         _log_if_positive(ax, df[metric].dropna())
+        clipped = 0 if _bounded(metric) else _clip_y(ax, series, df[metric].dropna())
         ax.set_xlabel("measured NFE per sample")
-        ax.set_ylabel(metric + (" (lower is better)" if lower_is_better(metric) else " (higher is better)"))
+        ax.set_ylabel(_label(metric))
+        ax.set_title(metric + _clip_note(clipped), fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    seen = dict(zip(labels, handles, strict=True))
+    for ax in axes[1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(lab, h)
+    if has_cost:
+        seen["at total cost (+ burn-in, classifier calls)"] = Line2D(
+            [], [], color="0.3", linestyle=":", marker="s", markerfacecolor="none"
+        )
+    fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize="small")
     fig.suptitle(f"{model}: sample quality vs NFE")
-    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     return True
 
 
 def plot_pareto(frame: pd.DataFrame, model: str, metric: str, styles, order, path: Path) -> bool:
+    """The metric against ms per sample with its Pareto front; cells timed while the machine's load exceeded its
+    cores are hatched (their timing is noise); y clipped to the bulk as in plot_nfe."""
+    from matplotlib.patches import Patch
+
+    info = METRICS.get(metric)
+    if frame.empty or info is None or not {metric, "ms_per_sample", "status"} <= set(frame.columns):
+        return False
     df = frame[(frame["model"] == model) & (frame["status"] == "ok")].dropna(subset=[metric, "ms_per_sample"])
     if df.empty:
         return False
-    fig = Figure(figsize=(6.5, 4.4))
+    fig = Figure(figsize=(7.0, 4.6), layout="constrained")
     ax = fig.subplots()
+    series = []
+    busy = df["loaded"].astype(bool) if "loaded" in df else pd.Series(False, index=df.index)
     for s in order:
         d = df[df["sampler"] == s]
-        if not d.empty:
-            st = styles[s]
-            ax.scatter(
-                d["ms_per_sample"], d[metric], label=s, color=st["color"], marker="o" if st["linestyle"] == "-" else "s"
-            )
-    # Pareto front: the cells no other cell beats in both speed and quality
-    sign = 1 if lower_is_better(metric) else -1
+        if d.empty:
+            continue
+        st = styles[s]
+        marker = "o" if st["linestyle"] == "-" else "s"
+        calm, hot = d[~busy[d.index]], d[busy[d.index]]
+        if not calm.empty:
+            ax.scatter(calm["ms_per_sample"], calm[metric], label=s, color=st["color"], marker=marker)
+        if not hot.empty:
+            ax.scatter(hot["ms_per_sample"], hot[metric], label="_" if not calm.empty else s, marker=marker,
+                       facecolors="none", edgecolors=st["color"], hatch="/////", linewidths=0.8)  # fmt: skip
+        series.append((d["ms_per_sample"], d[metric], st["color"]))
+    # Pareto front: the cells no other cell beats in both speed and quality (in the metric's declared direction)
     front, best = [], math.inf
-    for _, r in df.sort_values(["ms_per_sample", metric]).iterrows():
-        if sign * r[metric] < best:
-            best = sign * r[metric]
+    for _, r in (
+        df.assign(_rank=[info.badness(float(v)) for v in df[metric]]).sort_values(["ms_per_sample", "_rank"]).iterrows()
+    ):
+        if r["_rank"] < best:
+            best = r["_rank"]
             front.append(r)
     fx, fy = [r["ms_per_sample"] for r in front], [r[metric] for r in front]
     ax.step(fx, fy, where="post", color="black", linewidth=1, alpha=0.6, label="Pareto front")
     for r in front:
-        ax.annotate(f"{r['sampler']}@{r['nfe']:.0f}", (r["ms_per_sample"], r[metric]), fontsize=6, alpha=0.8)
+        ax.annotate(f"{r['sampler']}@{r['nfe']:.0f}", (r["ms_per_sample"], r[metric]), fontsize=7, alpha=0.85)
     _log_x(ax)
     _log_if_positive(ax, df[metric])
+    clipped = 0 if _bounded(metric) else _clip_y(ax, series, df[metric])
     ax.set_xlabel("wall-clock per sample [ms] (sampling only)")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(_label(metric))
     ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(f"{model}: {metric} vs wall-clock")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    ax.set_title(f"{model}: {metric} vs wall-clock" + _clip_note(clipped))
+    handles, labels = ax.get_legend_handles_labels()
+    if busy.any():
+        cores = df["cpu_count"].dropna().max() if "cpu_count" in df else float("nan")
+        handles.append(Patch(facecolor="none", edgecolor="0.3", hatch="/////"))
+        labels.append(f"timed while the load exceeded {cores:.0f} cores")
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     return True
 
 
@@ -309,10 +479,9 @@ def plot_grids(
         return _xy(x @ basis if basis is not None else x)
 
     size = 1.6 if image else 1.9
-    fig = Figure(figsize=(size * len(budgets) + 1.2, size * len(rows) + 0.6))
+    fig = Figure(figsize=(size * len(budgets) + 1.2, size * len(rows) + 0.8), layout="constrained")
     axes = fig.subplots(len(rows), len(budgets), squeeze=False)
-    height = fig.get_figheight()
-    fig.subplots_adjust(left=1.1 / fig.get_figwidth(), right=0.99, bottom=0.01, top=1 - 0.6 / height, hspace=0.08)
+    any_outside = False
     limits = None if image else _scatter_limits(reference, df, run_dir, points)
     cells = {(r["sampler"], r["nfe_budget"]): r for _, r in df.iterrows()}
     for i, sampler in enumerate(rows):
@@ -334,23 +503,51 @@ def plot_grids(
             else:
                 if reference is not None:
                     ax.scatter(*_xy(reference).T, s=0.5, color="0.75", rasterized=True)
-                ax.scatter(*points(x).T, s=0.5, color="tab:blue", rasterized=True)
-                ax.set_xlim(limits[0])
-                ax.set_ylim(limits[1])
-            ax.text(0.02, 0.02, f"{r['nfe']:.3g}", transform=ax.transAxes, fontsize=6, color="tab:red")
+                outside = _scatter_inside(ax, points(x), limits)
+                if outside:
+                    any_outside = True
+                    ax.text(0.98, 0.97, f"{outside}/{len(x)} outside", transform=ax.transAxes, ha="right", va="top",
+                            fontsize=7, color="tab:red", bbox=_LABEL_BOX)  # fmt: skip
+            ax.text(0.03, 0.03, f"{r['nfe']:.3g}", transform=ax.transAxes, fontsize=8, color="tab:red", bbox=_LABEL_BOX)
     note = ""
     if not image and math.prod(shape) > 2:
-        note = ", leading principal axes of the exact distribution" if basis is not None else ", first two coordinates"
-    fig.suptitle(f"{model}: samples per sampler and budget (red: measured NFE{note})", fontsize=9, y=1 - 0.12 / height)
-    fig.savefig(path, dpi=90)
+        note = "; leading principal axes of the exact distribution" if basis is not None else "; first two coordinates"
+    if any_outside:
+        note += "; red x: samples outside the axes, drawn on its edge"
+    title = f"{model}: samples per sampler and budget (red number: measured NFE{note})"
+    fig.suptitle("\n".join(textwrap.wrap(title, max(40, int(fig.get_figwidth() * 11)))), fontsize=9)
+    save_figure(fig, path, dpi=90, bbox_inches="tight")
     return True
+
+
+_LABEL_BOX = {"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.75, "edgecolor": "none"}
+
+
+def _scatter_inside(ax, pts: np.ndarray, limits) -> int:
+    """Scatter points within the axes' limits, and those outside as red x on the nearest edge; returns how many
+    were outside."""
+    (x0, x1), (y0, y1) = limits
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    finite = np.isfinite(pts).all(axis=1)
+    pts = pts[finite]
+    inside = (pts[:, 0] >= x0) & (pts[:, 0] <= x1) & (pts[:, 1] >= y0) & (pts[:, 1] <= y1)
+    ax.scatter(*pts[inside].T, s=0.5, color="tab:blue", rasterized=True)
+    out = pts[~inside]
+    if len(out):
+        edge = np.column_stack([np.clip(out[:, 0], x0, x1), np.clip(out[:, 1], y0, y1)])
+        ax.scatter(*edge.T, s=10, marker="x", color="tab:red", linewidths=0.6, clip_on=False, zorder=4)
+    return int(len(out) + (~finite).sum())
 
 
 # --- the report -------------------------------------------------------------------------------------------------
 
 
 def write_report(run_dir: Path | str) -> Path:
-    """Every table and plot of a run directory, and report.md linking them; returns the path of report.md."""
+    """Every table and plot of a run directory, and report.md linking them; returns the path of report.md.
+
+    Each file is written whole (bench.files): an interrupted report leaves earlier files as they were. A model with
+    no ok cell, or a metric with no value, gets what exists and a line saying what is missing."""
     run_dir = Path(run_dir)
     records = read_records(run_dir)
     suite = json.loads((run_dir / "suite.json").read_text()) if (run_dir / "suite.json").exists() else {}
@@ -362,34 +559,37 @@ def write_report(run_dir: Path | str) -> Path:
         lines += [suite["description"], ""]
     lines += _run_summary(run_dir, frame)
     if frame.empty:
-        (run_dir / "report.md").write_text("\n".join(lines + ["No finished cells yet."]) + "\n")
-        return run_dir / "report.md"
-    frame.to_csv(run_dir / "tables" / "records.csv", index=False)
+        return write_text(run_dir / "report.md", "\n".join(lines + ["No finished cells yet."]) + "\n")
+    write_text(run_dir / "tables" / "records.csv", frame.to_csv(index=False))
 
     model_info = {m["name"]: m for m in suite.get("models", [])}
     models = list(dict.fromkeys([*model_info, *frame["model"]]))
     models = [m for m in models if m in set(frame["model"])]
     metrics = {m: list(model_info.get(m, {}).get("metrics") or _metric_columns(frame, records, m)) for m in models}
     samplers = list(dict.fromkeys(frame["sampler"]))
-    algorithms = dict(zip(frame["sampler"], frame.get("algorithm", frame["sampler"]), strict=True))
+    algorithms = dict(zip(frame["sampler"], frame.get("algorithm", frame["sampler"]).fillna(frame["sampler"]),
+                          strict=True))  # fmt: skip
     styles = sampler_styles(samplers, algorithms)
     order = _ordered(samplers, algorithms)
 
     best = best_table(frame, metrics)
     if not best.empty:
-        best.to_csv(run_dir / "tables" / "best.csv", index=False)
-        (run_dir / "tables" / "best.md").write_text(_markdown(best, index=False) + "\n")
+        write_text(run_dir / "tables" / "best.csv", best.to_csv(index=False))
+        write_text(run_dir / "tables" / "best.md", _markdown(best, index=False) + "\n")
 
     for model in models:
         name = slug(model)
         lines += [f"## {model}", ""]
+        long = frame[frame["model"] == model]
+        ok = long[long["status"] == "ok"]
+        lines += _missing(long, ok, metrics[model])
         if plot_nfe(frame, model, metrics[model], styles, order, run_dir / "plots" / f"{name}-nfe.png"):
             lines += [f"![{model}: metrics vs NFE](plots/{name}-nfe.png)", ""]
         sections = []
-        long = frame[frame["model"] == model]
-        values = [c for m in metrics[model] for c in (m, *(m + s for s in INTERVAL_SUFFIXES))]
-        cols = [c for c in ("sampler", "nfe_budget", "nfe", "status", *values, "ms_per_sample", "wall_s") if c in long]
-        long[cols].to_csv(run_dir / "tables" / f"{name}.csv", index=False)
+        values = [c for m in metrics[model] for c in (m, *(m + s for s in (*INTERVAL_SUFFIXES, "_floor")))]
+        timing = ("ms_per_sample", "wall_s", "loaded", "load_before", "load_after", "cpu_count")
+        cols = [c for c in ("sampler", "nfe_budget", "nfe", "status", *values, *timing) if c in long]
+        write_text(run_dir / "tables" / f"{name}.csv", long[cols].to_csv(index=False))
         for metric in metrics[model]:
             if metric in frame:
                 table = metric_table(frame, model, metric, order)
@@ -397,11 +597,10 @@ def write_report(run_dir: Path | str) -> Path:
         if not best.empty and model in set(best["model"]):
             b = best[best["model"] == model].drop(columns="model")
             sections += ["### best sampler per NFE budget", "", _markdown(b, index=False), ""]
-        (run_dir / "tables" / f"{name}.md").write_text("\n".join(sections))
+        write_text(run_dir / "tables" / f"{name}.md", "\n".join(sections))
         lines += sections
-        if metrics[model] and plot_pareto(
-            frame, model, metrics[model][0], styles, order, run_dir / "plots" / f"{name}-pareto.png"
-        ):
+        ranked = [m for m in metrics[model] if is_score(m)]
+        if ranked and plot_pareto(frame, model, ranked[0], styles, order, run_dir / "plots" / f"{name}-pareto.png"):
             lines += [f"![{model}: Pareto front](plots/{name}-pareto.png)", ""]
         (run_dir / "grids").mkdir(exist_ok=True)
         if plot_grids(run_dir, frame, model, order, model_info.get(model, {}), run_dir / "grids" / f"{name}.png"):
@@ -409,8 +608,8 @@ def write_report(run_dir: Path | str) -> Path:
 
     published = published_table(suite.get("published") or [], records)
     if not published.empty:
-        published.to_csv(run_dir / "tables" / "published.csv", index=False)
-        (run_dir / "tables" / "published.md").write_text(_markdown(published, index=False) + "\n")
+        write_text(run_dir / "tables" / "published.csv", published.to_csv(index=False))
+        write_text(run_dir / "tables" / "published.md", _markdown(published, index=False) + "\n")
         lines += [
             "## Published and measured",
             "",
@@ -425,8 +624,26 @@ def write_report(run_dir: Path | str) -> Path:
     if not failed.empty:
         cols = [c for c in ("model", "sampler", "nfe_budget", "status", "error") if c in failed]
         lines += ["## Cells that did not finish ok", "", _markdown(failed[cols], index=False), ""]
-    (run_dir / "report.md").write_text("\n".join(lines))
-    return run_dir / "report.md"
+    return write_text(run_dir / "report.md", "\n".join(lines))
+
+
+def _missing(cells: pd.DataFrame, ok: pd.DataFrame, metrics: list[str]) -> list[str]:
+    """Lines saying what a model's section lacks: cells that did not finish ok, metrics without a value."""
+    if ok.empty:
+        counts = ", ".join(f"{n} {status}" for status, n in cells["status"].value_counts().items())
+        return [
+            f"No cell of this model finished ok ({counts}): there are no plots or rankings of it, only its cells "
+            "below and in 'Cells that did not finish ok'.",
+            "",
+        ]
+    lines = []
+    bad = len(cells) - len(ok)
+    if bad:
+        lines.append(f"{bad} of {len(cells)} cells did not finish ok (listed at the end); they are missing below.")
+    empty = [m for m in metrics if m not in ok or ok[m].isna().all()]
+    if empty:
+        lines.append(f"No value of {', '.join(empty)} in any ok cell.")
+    return [*lines, ""] if lines else []
 
 
 def published_table(published: list[dict[str, Any]], records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -476,9 +693,21 @@ def _run_summary(run_dir: Path, frame: pd.DataFrame) -> list[str]:
         parts.append(f"commit {git['commit'][:10]}{' (modified)' if git.get('dirty') else ''}")
     if not frame.empty and "wall_s" in frame:
         parts.append(f"sampling time {frame['wall_s'].sum():.1f} s")
+    busy = frame[frame["loaded"]] if "loaded" in frame else frame.iloc[:0]
+    load_note = []
+    if not busy.empty:
+        cores = busy["cpu_count"].max()
+        peak = busy[["load_before", "load_after"]].max(axis=1).max()
+        load_note = [
+            f"Timings: {len(busy)} of {len(frame)} cells ran while the machine's load average (up to {peak:.1f}) "
+            f"exceeded its {cores:.0f} cores; their wall-clock is noise (hatched in the Pareto plots, `loaded` in "
+            "the tables).",
+            "",
+        ]
     return [
         "Values are `metric @measured NFE` (NFE per sample, counted, never the budget); wall-clock excludes warm-up.",
         "",
         "Run: " + ", ".join(parts) + ".",
         "",
+        *load_note,
     ]

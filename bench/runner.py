@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from .distributed import Ranks
+from .files import replacing, write_json, write_text
 from .suite import KEEP_SAMPLES_2D, Cell, Suite
 
 __all__ = [
@@ -70,18 +71,65 @@ def slug(text: str) -> str:
 # --- validation that needs the models ---------------------------------------------------------------------------
 
 
-def load_models(suite: Suite, device: torch.device | str) -> dict[str, torch.nn.Module]:
-    """Every model of the suite on `device`; ValueError naming the suite file and the spec that does not load."""
+def load_model_checked(spec: str, device: torch.device | str = "cpu", where: str = "", **options) -> torch.nn.Module:
+    """load_model(spec) on `device`, then one evaluation of the network (probe_model): any failure, a bad
+    checkpoint or a config that does not match the network, is one ValueError naming the spec, before any work."""
     from models import load_model
 
-    loaded = {}
-    for entry in suite.models:
-        try:
-            loaded[entry.name] = load_model(entry.spec, **entry.options).to(device)
-        except Exception as err:  # a bad spec or checkpoint of any kind becomes one line before any work starts
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ValueError(f"{suite.source}: model {entry.spec!r} cannot be loaded: {message}") from None
-    return loaded
+    prefix = f"{where}: " if where else ""
+    try:
+        model = load_model(spec, **options).to(device)
+    except Exception as err:  # a bad spec or checkpoint of any kind becomes one line before any work starts
+        why = _first_line(err)
+        if not isinstance(err, ValueError | OSError | KeyError):  # a crash inside the loader: a value it cannot use
+            why = f"{type(err).__name__}: {why} (a bad value in its config?)"
+        raise ValueError(f"{prefix}model {spec!r} cannot be loaded: {why}") from None
+    probe_model(model, f"{prefix}model {spec!r}")
+    return model
+
+
+def probe_model(model: torch.nn.Module, what: str, batch: int = 2) -> float:
+    """Evaluate D(x, sigma) on `batch` samples of the model's shape at sigma_max (twice, the second timed): a network
+    whose config does not match it (shape, channels, process) fails here in one ValueError, not in every cell.
+    Returns the seconds of one evaluation per sample."""
+    shape = tuple(getattr(model, "shape", ()))
+    if not shape:
+        return 0.0
+    try:
+        device = torch.device(getattr(model, "device", "cpu"))
+        x = torch.zeros(batch, *shape, device=device)
+        sigma = torch.full((batch,), float(model.sigma_max), dtype=torch.float64, device=device)
+        seconds = math.inf
+        with torch.no_grad():
+            for _ in range(2):
+                start = time.perf_counter()
+                out = model(x, sigma)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                seconds = time.perf_counter() - start
+    except Exception as err:
+        raise ValueError(
+            f"{what} does not evaluate on samples of its shape {list(shape)}: {_first_line(err)} (does its config "
+            "match the network?)"
+        ) from None
+    if tuple(out.shape) != (batch, *shape):
+        raise ValueError(
+            f"{what} maps samples of shape {list(shape)} to {list(out.shape[1:])}: does its config match the network?"
+        )
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{what} gives NaN or infinite values at sigma_max = {float(model.sigma_max):g}")
+    return seconds / batch
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def load_models(suite: Suite, device: torch.device | str) -> dict[str, torch.nn.Module]:
+    """Every model of the suite on `device`, each evaluated once (load_model_checked); ValueError naming the suite
+    file and the spec that does not load."""
+    return {e.name: load_model_checked(e.spec, device, suite.source, **e.options) for e in suite.models}
 
 
 def resolve_metrics(suite: Suite, models: dict[str, torch.nn.Module]) -> dict[str, tuple[str, ...]]:
@@ -109,6 +157,7 @@ def resolve_references(
 ) -> dict[str, str | None]:
     """The reference data (a path) of every model's metrics: its own, else the suite's (`--reference`) when its
     metrics need one, else None (built in); ValueError for a model whose metrics need one and have none."""
+    from .fidelity import FIDELITY_METRICS
     from .metrics import needs_reference
 
     out = {}
@@ -122,8 +171,24 @@ def resolve_references(
                     "pass --reference PATH"
                 )
             reference = suite.reference
+        elif reference is not None and not any(n in FIDELITY_METRICS for n in metrics[entry.name]):
+            _warn_once(
+                f"warning: {suite.source}: [[models]] {entry.spec!r}: its reference {reference} is not used: none of "
+                f"its metrics ({', '.join(metrics[entry.name])}) compares with reference data"
+            )
         out[entry.name] = reference
+    if suite.reference is not None and suite.reference not in out.values():
+        _warn_once(
+            f"warning: --reference {suite.reference} is not used: every model's metrics have their own reference "
+            "data or need none"
+        )
     return out
+
+
+def _warn_once(message: str) -> None:
+    """A warning line on stderr, from rank 0 only under torchrun."""
+    if os.environ.get("RANK", "0") == "0":
+        _warn(message)
 
 
 def metric_inputs(
@@ -148,6 +213,76 @@ def metric_inputs(
     return out
 
 
+MAX_HOURS = 24.0  # a suite estimated to take longer needs --yes-i-know
+BYTES_PER_VALUE = 8  # float64: the metrics' copies of the samples
+INCEPTION_DIM = 2048
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float  # sampling, from one timed model evaluation per model (metrics not included)
+    memory: int  # bytes of host memory the largest cell needs: its samples, their float64 copies, their features
+    largest: str  # the model of the largest cell
+    device_memory: int = 0  # CUDA: bytes of device memory for one process's samples of the largest cell
+
+
+def estimate_resources(suite: Suite, models: dict[str, torch.nn.Module], metrics, world: int = 1) -> Estimate:
+    """How long sampling every cell takes and how much memory the largest cell needs, from the suite's sizes and one
+    timed evaluation of each model at its batch size (at most 64 rows, scaled linearly beyond)."""
+    from .fidelity import FIDELITY_METRICS
+
+    seconds, memory, largest, device_memory = 0.0, 0, "", 0
+    for entry in suite.models:
+        model = models[entry.name]
+        rows = min(entry.batch_size, 64)
+        per_row = probe_model(model, f"{suite.source}: model {entry.spec!r}", batch=rows)
+        batches = entry.n_batches
+        for cell in suite.cells():
+            if cell.model.name == entry.name:
+                seconds += batches * cell.budget * per_row * entry.batch_size / world
+        d = math.prod(model.shape)
+        inception = any(FIDELITY_METRICS.get(n, ("",))[0] == "inception" for n in metrics[entry.name])
+        features = INCEPTION_DIM if inception else d
+        need = entry.n_samples * BYTES_PER_VALUE * (3 * d + 2 * features)
+        if need > memory:
+            memory, largest = need, entry.name
+        device_memory = max(device_memory, math.ceil(entry.n_samples / world) * d * 4 * 2)
+    return Estimate(seconds, memory, largest, device_memory)
+
+
+def _check_resources(suite: Suite, estimate: Estimate, device: torch.device) -> None:
+    """ValueError in one line when the estimate exceeds what the machine has (memory) or MAX_HOURS (time)."""
+    from .checks import available_memory
+
+    proceed = "lower n_samples or budgets, or pass --yes-i-know to start anyway"
+    available = available_memory()
+    if available is not None and estimate.memory > available:
+        raise ValueError(
+            f"{suite.source}: model {estimate.largest!r} needs about {_size(estimate.memory)} of memory per cell "
+            f"(n_samples and their copies for the metrics), more than the {_size(available)} available; {proceed}"
+        )
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        if estimate.device_memory > free:
+            raise ValueError(
+                f"{suite.source}: the samples of one cell need about {_size(estimate.device_memory)} on {device}, "
+                f"more than its {_size(free)} free; {proceed}"
+            )
+    if estimate.seconds > MAX_HOURS * 3600:
+        raise ValueError(
+            f"{suite.source}: sampling every cell takes about {estimate.seconds / 3600:,.0f} h on this machine (from "
+            f"a timed model evaluation), more than {MAX_HOURS:g} h; {proceed}"
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:,.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
 def check_sharding(suite: Suite, world: int) -> None:
     if world == 1:
         return
@@ -170,11 +305,12 @@ def read_records(path: Path, repair: bool = False, warn: Callable[[str], None] |
     one cell (model, sampler, budget), which only two writers at once could leave, are reported through `warn`
     (default: a line on stderr) and the later one is kept.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / RECORDS
+    given = Path(path)
+    if not given.exists():
+        raise ValueError(f"{given}: no such run directory")
+    path = given / RECORDS if given.is_dir() else given
     if not path.exists():
-        raise ValueError(f"{path.parent} is not a run directory: it has no {RECORDS}")
+        raise ValueError(f"{given} is not a run directory: it has no {RECORDS}")
     data = path.read_bytes()
     complete, newline, _torn = data.rpartition(b"\n")
     by_cell: dict[Any, dict[str, Any]] = {}
@@ -292,7 +428,7 @@ class RunDir:
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
-            (path / "suite.toml").write_text(suite_text)
+            write_text(path / "suite.toml", suite_text)
             (path / RECORDS).touch()
             _write_json(path / "suite.json", resolved)
             return run
@@ -335,15 +471,12 @@ class RunDir:
 
 def _save_npz(path: Path, x: np.ndarray, **arrays: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, x=x, **arrays)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        np.savez_compressed(tmp, x=x, **arrays)
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    write_json(path, obj, default=_json_default)
 
 
 def _json_default(obj: Any) -> Any:
@@ -418,6 +551,18 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # not on every platform
+        return None
+
+
+def _highest(values) -> float | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
 def _error_message(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
@@ -450,6 +595,7 @@ def run_cell(
 
     n, batch_size = cell.model.n_samples, cell.model.batch_size
     shard = ranks.shard(n, batch_size)
+    load_before = _load_average()
     _peak_memory_start(ranks.device)
     try:
         res = sample(
@@ -476,6 +622,7 @@ def run_cell(
     except Exception as err:
         local = {"error": _error_message(err)}
     local["peak_mem_mb"] = _peak_memory_mb(ranks.device)
+    local["load"] = (load_before, _load_average())
     parts = ranks.gather(local)
     if parts is None:
         return None
@@ -493,6 +640,11 @@ def run_cell(
         "world_size": ranks.world,
         "peak_mem_mb": max(p["peak_mem_mb"] for p in parts),
         "peak_mem_kind": "cuda_max_allocated" if ranks.device.type == "cuda" else "process_max_rss",
+        # the machine's 1-minute load average when sampling started and ended (the highest over the ranks), and its
+        # cores: timings from a cell whose load exceeded the cores are marked in the report
+        "load_before": _highest(p["load"][0] for p in parts),
+        "load_after": _highest(p["load"][1] for p in parts),
+        "cpu_count": os.cpu_count(),
     }
     errors = [p["error"] for p in parts if "error" in p]
     if errors:
@@ -569,16 +721,24 @@ def run_suite(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    check_resources: bool = True,
 ) -> Path | None:
-    """Validate everything, then sweep every cell not yet recorded; returns the run directory (None off rank 0)."""
+    """Validate everything, then sweep every cell not yet recorded; returns the run directory (None off rank 0).
+
+    `check_resources`: refuse (ValueError) a suite whose memory or time estimate exceeds the machine (--yes-i-know
+    turns it off)."""
+    from .checks import check_device
+
     suite.validate()
-    ranks = Ranks.from_env(device or suite.device)
+    ranks = Ranks.from_env(check_device(device or suite.device))
     prepared: RunDir | None = None  # rank 0's, holding the directory's lock until the sweep ends
     try:
         check_sharding(suite, ranks.world)
         models = load_models(suite, ranks.device)
         metrics = resolve_metrics(suite, models)
         references = resolve_references(suite, models, metrics)
+        if check_resources:
+            _check_resources(suite, estimate_resources(suite, models, metrics, ranks.world), ranks.device)
         resolved = resolved_suite(suite, metrics, references, ranks.device, models)
 
         # rank 0 computes the metrics and owns the run directory; the others learn the directory and the cells

@@ -41,6 +41,8 @@ from models.noise_classifier import NoiseClassifier, classifier_for
 from samplers import SAMPLERS, SamplerSpec, make_schedule, steps_for_budget
 from samplers.api import TOLERANCES, draw_batch, synchronize
 
+from .files import write_json
+
 __all__ = [
     "DEFAULT_BASELINE",
     "DEFAULT_TOLERANCE",
@@ -373,9 +375,7 @@ def save_baseline(path: str | Path, rows: Iterable[SpeedRow]) -> None:
         "entries": [entries[k] for k in sorted(entries)],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
+    write_json(path, data, indent=1)
 
 
 def environment() -> dict[str, Any]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,9 @@ from models.wrappers import NetworkDenoiser
 from samplers import sample
 
 from .data import load_dataset
+from .files import save_figure, write_text
 from .grid import save_grid
+from .train_config import LAYOUT, ScoreTraining
 
 __all__ = ["ScoreTraining", "TrainResult", "train_score", "default_arch", "save_curve"]
 
@@ -45,40 +47,7 @@ ARCH_BY_DATA: dict[str, dict[str, Any]] = {
     "digits": {"channels": 32, "channel_mult": [1, 1], "num_res_blocks": 1, "attention": True, "emb_dim": 128},
     "mnist5k": {"channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention": True, "emb_dim": 128},
 }
-# how each process is trained and wrapped
-LAYOUT = {"ve": {"prediction": "score", "conditioning": "sigma"}, "vp": {"prediction": "eps", "conditioning": "index"}}
 SAMPLE_GRID = {"sampler": "kar1", "nfe": 79, "n": 64}  # the end-of-training grid: Heun, 40 noise levels
-
-
-@dataclass(frozen=True)
-class ScoreTraining:
-    """Everything a training run depends on (with the data and the code): recorded in the checkpoint's config."""
-
-    data: str = "digits"
-    process: str = "ve"  # "ve" (score network over sigma) or "vp" (discrete DDPM eps network)
-    steps: int = 3000
-    batch_size: int = 128
-    lr: float = 2e-3
-    ema: float = 0.999
-    seed: int = 0
-    warmup: int = 200  # linear learning-rate warm-up steps
-    grad_clip: float = 1.0
-    sigma_min: float = 0.01  # VE only
-    sigma_max: float | None = None  # VE only; None: max pairwise distance of the training set, rounded up
-    log_every: int = 50
-    arch: dict[str, Any] = field(default_factory=dict)  # UNet kwargs overriding the defaults
-
-    def check(self) -> None:
-        if self.process not in LAYOUT:
-            raise ValueError(f"unknown process {self.process!r}; expected one of {', '.join(LAYOUT)}")
-        if self.steps < 1 or self.batch_size < 1 or self.log_every < 1:
-            raise ValueError("steps, batch size and log interval must be positive")
-        if not self.lr > 0:
-            raise ValueError(f"learning rate must be positive, got {self.lr}")
-        if not 0 <= self.ema < 1:
-            raise ValueError(f"EMA decay must be in [0, 1), got {self.ema}")
-        if self.sigma_max is not None and not 0 < self.sigma_min < self.sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
 
 
 @dataclass(frozen=True)
@@ -229,11 +198,11 @@ def save_curve(curve: list[tuple[int, float]], stem: Path, title: str) -> None:
     import pandas as pd
 
     frame = pd.DataFrame(curve, columns=["step", "loss"])
-    frame.to_csv(stem.with_suffix(".csv"), index=False)
+    write_text(stem.with_suffix(".csv"), frame.to_csv(index=False))
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(frame["step"], frame["loss"])
     ax.set(xlabel="step", ylabel="loss (mean per interval)", yscale="log", title=title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(stem.with_suffix(".png"), dpi=120)
+    save_figure(fig, stem.with_suffix(".png"), dpi=120)
     plt.close(fig)

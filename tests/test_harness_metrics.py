@@ -91,7 +91,7 @@ def test_bootstrap_intervals_reach_records_and_report(tmp_path, monkeypatch):
         names = DEFAULT_METRICS["analytic"] if r["model"] == "gmm-2d-ve" else ("fd_exact", "weight_tv")
         counts = {"n", "n_ref"} if r["model"] == "gmm-2d-ve" else {"n"}
         intervals = {f"{m}_{end}" for m in names for end in ("lo", "hi")}
-        assert set(r["metrics"]) == {*counts, *names, *intervals}
+        assert set(r["metrics"]) == {*counts, *names, *intervals, "weight_tv_floor"}  # weight_tv's exact floor
         assert r["metrics"]["n"] == 32
         for m in names:  # (a recall of 1 in every half-sample has an interval of width 0)
             assert r["metrics"][f"{m}_lo"] <= r["metrics"][f"{m}_hi"], (m, r["metrics"])
@@ -133,7 +133,8 @@ def test_reference_and_inception_weights_from_the_command_line(tmp_path, monkeyp
         "--reference missing.npz: no such file or directory": ["--reference", "missing.npz"],
         "--inception-weights nope.pth: no such file": ["--reference", str(ref), "--inception-weights", "nope.pth"],
         "not an Inception-v3 state dict": ["--reference", str(ref), "--inception-weights", str(wrong)],
-        "--bootstrap must be a non-negative": ["--reference", str(ref), "--bootstrap", "-1"],
+        # refused while the arguments are parsed
+        "argument --bootstrap: must be a non-negative integer": ["--reference", str(ref), "--bootstrap", "-1"],
     }
     for message, args in bad.items():  # each one line before any work, nothing written
         assert main(["run", str(suite), "--out", str(out), *args]) == 2

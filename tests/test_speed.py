@@ -100,8 +100,11 @@ def test_speed_command_records_then_gates(tmp_path, capsys):
     assert code == 0, capsys.readouterr()
     assert "ok" in capsys.readouterr().out
     assert [r["sampler"] for r in json.loads(out.read_text())["rows"]] == ["ddim", "kar1"]
-    # an impossible overhead limit fails the run
-    assert main([*common, "--repeats", "1", "--baseline", str(baseline), "--max-overhead", "-1"]) == 1
+    # an impossible overhead limit fails the run (a negative one is refused while parsing)
+    assert main([*common, "--repeats", "1", "--baseline", str(baseline), "--max-overhead", "0"]) == 1
+    capsys.readouterr()
+    assert main([*common, "--repeats", "1", "--baseline", str(baseline), "--max-overhead", "-1"]) == 2
+    assert "argument --max-overhead" in capsys.readouterr().err
 
 
 def test_speed_command_rejects_bad_input(tmp_path, capsys):
