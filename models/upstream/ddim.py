@@ -393,7 +393,8 @@ def load(path: Path, config: str | None = None, ema: bool = True) -> NetworkDeno
         )
 
     state = select_weights(read_torch(path, what), ema, what)
-    net = DDIMUNet(**arch_kwargs)
+    with torch.device("meta"):  # no memory, no random initialisation: the weights come from the file (load_strict)
+        net = DDIMUNet(**arch_kwargs)
     load_strict(net, state, what)
     net.eval().requires_grad_(False)
 
