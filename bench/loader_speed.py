@@ -15,13 +15,14 @@ not enter the figures.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .files import write_json
 
 # fixture folder -> spec template ({} is the folder): the formats whose loading this measures
 CHECKPOINTS = {
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"{name} full size: load {row['load_s']:.2f} s = {row['load_ratio']:.2f} x (torch.load + forward)")
     if args.json:
-        args.json.write_text(json.dumps({"threads": 1, "clock": "process CPU time", "rows": rows}, indent=2) + "\n")
+        write_json(args.json, {"threads": 1, "clock": "process CPU time", "rows": rows})
     return 0
 
 
