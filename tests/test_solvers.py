@@ -223,6 +223,32 @@ def test_multistep_solvers_equal_diffusers(case, steps):
     assert rel(ours, theirs) < (1e-10 if precise else 1e-5)
 
 
+def diff_sampler_ipndm(model, x, t_steps: torch.Tensor, max_order: int = 4, denoise_to_zero: bool = False):
+    """zju-pi/diff-sampler's iPNDM loop, transcribed: over the positive levels t_steps, d = (x - D) / t and an Adams-
+    Bashforth step of order min(max_order, i + 1) with the constant-step coefficients; then optionally D at the last."""
+    ab = {1: [1.0], 2: [3 / 2, -1 / 2], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
+    buffer = []  # earlier d's, oldest first
+    for i in range(len(t_steps) - 1):
+        t_cur, t_next = t_steps[i], t_steps[i + 1]
+        d_cur = (x - model(x, t_cur.expand(x.shape[0]))) / t_cur
+        coefficients = ab[min(max_order, i + 1)]
+        slope = coefficients[0] * d_cur + sum(c * d for c, d in zip(coefficients[1:], reversed(buffer), strict=False))
+        x = x + (t_next - t_cur) * slope
+        buffer = (buffer + [d_cur])[-(max_order - 1) :] if max_order > 1 else []
+    return model(x, t_steps[-1].expand(x.shape[0])) if denoise_to_zero else x
+
+
+@pytest.mark.parametrize("max_order", [1, 2, 3, 4])
+@pytest.mark.parametrize("denoise", [False, True])
+def test_ipndm_equals_diff_sampler(max_order, denoise):
+    model = float64("gmm-64d-vp")
+    t_steps = make_schedule("karras", model, 11)[:-1]  # diff-sampler's polynomial grid, without the final 0
+    x = SeededNoise(range(16), model.shape, dtype=torch.float64)() * t_steps[0]
+    theirs = diff_sampler_ipndm(model, x, t_steps, max_order, denoise_to_zero=denoise)
+    ours = SAMPLERS["ipndm"].fn(model, x, torch.cat([t_steps, t_steps.new_zeros(1)]), order=max_order, denoise=denoise)
+    assert rel(ours, theirs) < 1e-12
+
+
 # --- against the truth ------------------------------------------------------------------------------------------------
 def flow_error(model, sampler: str, sigmas: torch.Tensor, **hyper) -> float:
     """Max error of a sampler's end point (no final denoise) against the exact probability flow of a Gaussian."""
