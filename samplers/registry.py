@@ -10,6 +10,7 @@ from typing import Any
 from .adaptive import rk45
 from .dlg import INTEGRATORS, KIM_YE, bind
 from .karras import ddim, kar1, kar2
+from .multistep import deis, dpmpp_2m, dpmpp_3m, ipndm, unipc
 from .score_sde import ald, em, pc, pf_euler, rd
 
 __all__ = ["SamplerSpec", "SAMPLERS", "register_sampler", "get_sampler"]
@@ -69,9 +70,17 @@ def register_sampler(spec: SamplerSpec) -> SamplerSpec:
 
 
 def get_sampler(name: str) -> SamplerSpec:
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
-    return SAMPLERS[name]
+    """The registered sampler `name`, or the adapter spec of `diffusers:CLASSNAME` / `k-diffusion:FUNCTION` (built on
+    demand by samplers.adapters); ValueError for an unknown name."""
+    if name in SAMPLERS:
+        return SAMPLERS[name]
+    if ":" in name:
+        from .adapters import adapter_spec
+
+        return adapter_spec(name)
+    raise ValueError(
+        f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}, and diffusers:CLASSNAME, k-diffusion:FUNCTION"
+    )
 
 
 def _one_per_level(steps: int, denoise: bool = True, **_) -> int:
@@ -90,6 +99,11 @@ def _ald(steps: int, n_steps_each: int = 5, denoise: bool = True, **_) -> int:
     return steps * n_steps_each + (1 if denoise else 0)
 
 
+DPM_SOLVER_PP = "Lu et al. 2022, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models"
+UNIPC = (
+    "Zhao et al. 2023, UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion Models (NeurIPS)"
+)
+DEIS = "Zhang & Chen 2023, Fast Sampling of Diffusion Models with Exponential Integrator (ICLR)"
 SCORE_SDE = "Song et al. 2021, Score-Based Generative Modeling through SDEs (ICLR)"
 EDM = "Karras et al. 2022, Elucidating the Design Space of Diffusion-Based Generative Models (NeurIPS)"
 
@@ -152,6 +166,57 @@ for _spec in [
         _heun,
         EDM + ", Algorithm 2",
         "stochastic Heun with churn (S_churn...)",
+        schedule="karras",
+    ),
+    # multistep solvers: one evaluation per noise level, the step to sigma = 0 is the Tweedie step (samplers.multistep)
+    SamplerSpec(
+        "dpmpp_2m",
+        dpmpp_2m,
+        "ode",
+        False,
+        _one_per_level,
+        DPM_SOLVER_PP + ", Algorithm 2",
+        "DPM-Solver++(2M): second-order multistep, data prediction in log-sigma",
+        schedule="logsnr",
+    ),
+    SamplerSpec(
+        "dpmpp_3m",
+        dpmpp_3m,
+        "ode",
+        False,
+        _one_per_level,
+        DPM_SOLVER_PP,
+        'DPM-Solver++(3M) multistep, data prediction in log-sigma (third_order="exact": Taylor-consistent D2 weight)',
+        schedule="logsnr",
+    ),
+    SamplerSpec(
+        "unipc",
+        unipc,
+        "ode",
+        False,
+        _one_per_level,
+        UNIPC,
+        "UniPC: UniP-p predictor + UniC-p corrector at no extra NFE, B(h) = e^h - 1 (bh2), order 3",
+        schedule="logsnr",
+    ),
+    SamplerSpec(
+        "deis",
+        deis,
+        "ode",
+        False,
+        _one_per_level,
+        DEIS + ", tAB-DEIS",
+        "DEIS tAB: eps extrapolated in log-sigma, integrated exactly, order 3",
+        schedule="time_quadratic",
+    ),
+    SamplerSpec(
+        "ipndm",
+        ipndm,
+        "ode",
+        False,
+        _one_per_level,
+        DEIS + ", iPNDM; as zju-pi/diff-sampler",
+        "improved PNDM: fixed-step Adams-Bashforth on eps in sigma, order 4",
         schedule="karras",
     ),
 ]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -11,6 +12,7 @@ __all__ = [
     "karras",
     "geometric",
     "uniform_t",
+    "time_quadratic",
     "native",
     "SCHEDULES",
     "make_schedule",
@@ -42,6 +44,14 @@ def uniform_t(sde, n: int) -> Tensor:
     return _with_zero(sde.sigma(torch.linspace(sde.t_max, sde.t_min, n, dtype=torch.float64)))
 
 
+def time_quadratic(sde, n: int) -> Tensor:
+    """Levels at native times quadratic in the step index, t_i = (sqrt(t_max) + i/(n-1) (sqrt(t_min) - sqrt(t_max)))^2:
+    denser near t_min (DEIS's default "time-quadratic" grid, Zhang & Chen 2023)."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    root_max, root_min = math.sqrt(sde.t_max), math.sqrt(sde.t_min)
+    return _with_zero(sde.sigma((root_max + ramp * (root_min - root_max)) ** 2))
+
+
 def native(model, n: int) -> Tensor:
     """The model's own grid: geometric for VE, uniform in t for VP."""
     if model.process == "ve":
@@ -53,6 +63,10 @@ SCHEDULES: dict[str, Callable[..., Tensor]] = {
     "karras": lambda model, n, rho=7.0: karras(model.sigma_min, model.sigma_max, n, rho),
     "geometric": lambda model, n: geometric(model.sigma_min, model.sigma_max, n),
     "uniform_t": lambda model, n: uniform_t(model.sde, n),
+    # uniform in log-SNR: SNR = 1 / sigma^2 in VE terms, so this is the geometric grid on every model, VE or VP
+    # (DPM-Solver's and UniPC's "time-uniform logSNR", recommended for low-resolution pixel-space models)
+    "logsnr": lambda model, n: geometric(model.sigma_min, model.sigma_max, n),
+    "time_quadratic": lambda model, n: time_quadratic(model.sde, n),
     "native": native,
 }
 
@@ -83,13 +97,16 @@ def make_schedule(name: str, model, n: int, **kwargs) -> Tensor:
     return schedule if levels is None else on_levels(schedule, levels)
 
 
-# Each schedule is evenly spaced in a coordinate phi(sigma): sigma^(1/rho) for karras, log sigma for geometric, the
-# native time t for uniform_t. `restart` keeps a schedule's spacing in that coordinate while moving its start.
+# Each schedule is evenly spaced in a coordinate phi(sigma): sigma^(1/rho) for karras, log sigma for geometric and
+# logsnr, the native time t for uniform_t, sqrt(t) for time_quadratic. `restart` keeps a schedule's spacing in that
+# coordinate while moving its start.
 Warp = tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]  # (phi, phi^-1)
 WARPS: dict[str, Callable[..., Warp]] = {
     "karras": lambda model, rho=7.0: (lambda s: s ** (1 / rho), lambda u: u**rho),
     "geometric": lambda model: (torch.log, torch.exp),
     "uniform_t": lambda model: (model.sde.t, model.sde.sigma),
+    "logsnr": lambda model: (torch.log, torch.exp),
+    "time_quadratic": lambda model: (lambda s: model.sde.t(s).sqrt(), lambda u: model.sde.sigma(u**2)),
     "native": lambda model: WARPS["geometric" if model.process == "ve" else "uniform_t"](model),
 }
 
