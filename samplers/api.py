@@ -100,9 +100,10 @@ def run_sampler(
 
     The model is wrapped in a counter: NFE is measured, not computed. One uncounted model evaluation warms up the
     device before the clock starts; the clock stops after the device has finished. Evaluations a sampler books apart
-    (e.g. DLG's burn-in) are in `extras`, per requested sample. A chain sampler (spec.chains) runs whole chains:
-    a batch holds a multiple of outputs_per_chain rows, and a chain only partly requested still runs (and is paid
-    for) in full, so that every sample is the same whatever the batch.
+    (e.g. DLG's burn-in) are in `extras`, per requested sample. A chain sampler (spec.chains) runs whole chains, so
+    that every sample is the same whatever the batch: a batch holds a multiple of outputs_per_chain rows, and the
+    sampler is told which rows are requested (`wanted`): a chain stops after its last requested output and only
+    requested outputs are finished, so their NFE is the sampler's per output (DLG: n_skip + the integrator's).
     """
     hyper = spec.resolve(hyper or {})
     device = model.device
@@ -111,6 +112,7 @@ def run_sampler(
     batch_size = batch_size or len(rows)
     if group > 1:
         batch_size = max(group, batch_size // group * group)
+    requested = set(indices)
     sigmas = sigmas.to(device)
     with torch.no_grad():
         probe = torch.zeros(min(2, len(rows)), *model.shape, device=device)
@@ -119,12 +121,20 @@ def run_sampler(
         start = time.perf_counter()
         chunks = []
         for lo in range(0, len(rows), batch_size):
+            chunk, chunk_hyper = rows[lo : lo + batch_size], hyper
+            if spec.chains:
+                wanted = torch.tensor([row in requested for row in chunk], device=device)
+                if not bool(wanted.any()):
+                    continue
+                chunk_hyper = {**hyper, "wanted": wanted}
             chunk_sigmas = sigmas if sigmas.ndim == 1 else sigmas[lo : lo + batch_size]
-            chunks.append(draw_batch(counter, spec, chunk_sigmas, rows[lo : lo + batch_size], seed=seed, hyper=hyper))
-        x = torch.cat(chunks)
-        if rows is not indices:
-            position = {row: p for p, row in enumerate(rows)}
-            x = x[torch.tensor([position[i] for i in indices], device=x.device)]
+            x = draw_batch(counter, spec, chunk_sigmas, chunk, seed=seed, hyper=chunk_hyper)
+            chunks.append((chunk, x))
+        position = {row: (c, p) for c, (chunk, _) in enumerate(chunks) for p, row in enumerate(chunk)}
+        if rows is indices:
+            x = torch.cat([x for _, x in chunks])
+        else:
+            x = torch.stack([chunks[c][1][p] for c, p in (position[i] for i in indices)])
         synchronize(device)
         seconds = time.perf_counter() - start
     n = len(indices)
@@ -162,7 +172,9 @@ def sample(
     """Draw one sample per seed index with `sampler` on `model`, using at most `nfe` network evaluations per sample.
 
     A fixed-step sampler gets the largest step count whose NFE fits; an adaptive one (rk45) the loosest-to-tightest
-    tolerance sweep's last fit, unless rtol/atol are given. Sample i depends only on (seed, i), never on the batch.
+    tolerance sweep's last fit, unless rtol/atol are given. The budget holds for the measured NFE: a fixed-step run
+    that measures over it is redone with one step fewer. Sample i depends only on (seed, i), never on the batch
+    (except where a preset reproduces an upstream whose steps use batch statistics: pc and rk45 with score_sde).
     `schedule` is a schedule name (samplers.schedules) or an explicit decreasing tensor ending at 0.
     `nfe_mean(nfe, n)` turns this process's NFE per sample over its n samples into the mean over all processes of a
     sharded run (bench.distributed), so that every rank stops an adaptive sampler's tolerance sweep at the same place.
@@ -185,32 +197,48 @@ def sample(
             return schedule
         return make_schedule(schedule or spec.schedule, model, steps)
 
+    def measured(run: SamplerRun) -> float:
+        return nfe_mean(run.nfe, len(indices)) if nfe_mean else run.nfe
+
     if not spec.adaptive:
-        steps = steps_for_budget(spec, nfe, resolved) if not isinstance(schedule, Tensor) else schedule.shape[-1] - 1
-        declared = spec.nfe(steps, **resolved)
-        if declared > nfe:
-            raise ValueError(f"the given schedule costs {declared} NFE with {spec.name!r}, over the budget of {nfe}")
-        run = run_sampler(model, spec, schedule_for(steps), indices, seed=seed, batch_size=batch_size, hyper=resolved)
-        return SampleResult(run.x, run.nfe, run.seconds, steps, declared, resolved, run.extras)
+        # the largest step count whose declared NFE fits; a budget is a promise about measured NFE, so a run that
+        # measures over it (a declared formula that undercounts) retries one step fewer
+        given = isinstance(schedule, Tensor)
+        steps = schedule.shape[-1] - 1 if given else steps_for_budget(spec, nfe, resolved)
+        while True:
+            declared = spec.nfe(steps, **resolved)
+            if declared > nfe:
+                raise ValueError(
+                    f"the given schedule costs {declared} NFE with {spec.name!r}, over the budget of {nfe}"
+                )
+            run = run_sampler(
+                model, spec, schedule_for(steps), indices, seed=seed, batch_size=batch_size, hyper=resolved
+            )
+            used = measured(run)
+            if used <= nfe:
+                return SampleResult(run.x, run.nfe, run.seconds, steps, declared, resolved, run.extras)
+            if given or steps <= spec.min_steps:
+                raise ValueError(f"{spec.name} took {used:g} NFE per sample at {steps} steps, over the budget of {nfe}")
+            steps -= 1
 
     sigmas = schedule_for(2)
     if "rtol" in hyper or "atol" in hyper:
         run = run_sampler(model, spec, sigmas, indices, seed=seed, batch_size=batch_size, hyper=resolved)
-        measured = nfe_mean(run.nfe, len(indices)) if nfe_mean else run.nfe
-        if measured > nfe:
+        used = measured(run)
+        if used > nfe:
             raise ValueError(
                 f"{spec.name} at rtol={resolved['rtol']:g}, atol={resolved['atol']:g} took "
-                f"{measured:g} NFE per sample, over the budget of {nfe}"
+                f"{used:g} NFE per sample, over the budget of {nfe}"
             )
-        return SampleResult(run.x, measured, run.seconds, None, None, resolved, run.extras)
+        return SampleResult(run.x, used, run.seconds, None, None, resolved, run.extras)
     best = None
     for tol in TOLERANCES:
         trial = {**resolved, "rtol": tol, "atol": tol}
         run = run_sampler(model, spec, sigmas, indices, seed=seed, batch_size=batch_size, hyper=trial)
-        measured = nfe_mean(run.nfe, len(indices)) if nfe_mean else run.nfe
-        if measured > nfe:
+        used = measured(run)
+        if used > nfe:
             break
-        best = SampleResult(run.x, measured, run.seconds, None, None, trial, run.extras)
+        best = SampleResult(run.x, used, run.seconds, None, None, trial, run.extras)
     if best is None:
         raise ValueError(
             f"NFE budget {nfe} is below the minimum of sampler {spec.name!r} "

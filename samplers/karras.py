@@ -48,7 +48,8 @@ def kar2(
     gamma_max = min(s_churn / (sigmas.shape[1] - 1), math.sqrt(2) - 1)
     # churn: each step first raises the noise level to sigma_hat = (1 + gamma) sigma, inside [s_tmin, s_tmax]
     sigma, sigma_next = sigmas[:, :-1], sigmas[:, 1:]
-    gamma = torch.where((sigma >= s_tmin) & (sigma <= s_tmax), gamma_max, 0.0)
+    # gamma in the schedule's dtype (float64): torch.where over two Python floats would round it to float32
+    gamma = gamma_max * ((sigma >= s_tmin) & (sigma <= s_tmax)).to(sigma.dtype)
     sigma_hat = sigma * (1 + gamma)
     h = sigma_next - sigma_hat
     churn, inv_hat, inv_next, step, half_step = per_step(

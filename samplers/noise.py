@@ -106,11 +106,19 @@ class SeededNoise:
         """This call's per-sample keys [1, B, 1] (first xor-shift applied), derived _BLOCK calls at a time."""
         j = self.calls % _BLOCK
         if j == 0 or self._rows is None:
-            n = torch.arange(self.calls, self.calls + _BLOCK, dtype=torch.int32, device=self.device)
+            first = self.calls - j  # the block holding this call
+            n = torch.arange(first, first + _BLOCK, dtype=torch.int32, device=self.device)
             call_keys = mix32(n * _signed(_CALL_MUL) + _signed(_CALL_ADD))
             self._rows = _xorshift_(mix32(self.keys[None, :] ^ call_keys[:, None]), 16)  # [_BLOCK, B]
         self.calls += 1
         return self._rows[j].view(1, -1, 1)
+
+    def skip(self, n: int) -> None:
+        """Advance past n calls without drawing them: the next call returns what the (n+1)-th call would have."""
+        if n > 0:
+            if (self.calls + n) // _BLOCK != self.calls // _BLOCK:
+                self._rows = None
+            self.calls += n
 
     def __call__(self, sigma: Tensor | None = None, sigma_next: Tensor | None = None) -> Tensor:
         bits = _mix32_tail_(self._row_keys() ^ self._elem)  # [2, B, pairs]

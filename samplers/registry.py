@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .adaptive import rk45
-from .dlg import INTEGRATORS, KIM_YE, bind
+from .dlg import INTEGRATORS, KIM_YE, bind, final_nfe, handoff_hyper, presets_for
 from .karras import ddim, kar1, kar2
 from .multistep import deis, dpmpp_2m, dpmpp_3m, ipndm, unipc
 from .score_sde import ald, em, pc, pf_euler, rd
@@ -23,6 +23,8 @@ class SamplerSpec:
     `nfe(steps, **hyper)` is the declared number of network evaluations per sample for a schedule of `steps` noise
     levels (None for adaptive samplers, whose NFE is whatever the tolerance costs). `steps` is the number of
     positive noise levels in the schedule; `schedule` names the default one (samplers.schedules).
+    `presets` maps each value of the `preset` hyper-parameter (samplers.presets) to the hyper-parameter defaults it
+    changes. Keyword arguments in RUNTIME (set by the harness, e.g. DLG's `wanted`) are not hyper-parameters.
     """
 
     name: str
@@ -35,6 +37,7 @@ class SamplerSpec:
     schedule: str = "native"
     min_steps: int = 2
     chains: bool = False
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def adaptive(self) -> bool:
@@ -43,24 +46,30 @@ class SamplerSpec:
     def defaults(self) -> dict[str, Any]:
         """Hyper-parameters and their defaults, read from the function's keyword-only arguments."""
         params = inspect.signature(self.fn).parameters.values()
-        return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in RUNTIME}
 
     def resolve(self, hyper: Mapping[str, Any]) -> dict[str, Any]:
-        """Defaults overridden by `hyper`; ValueError naming any key the sampler does not take."""
+        """Defaults, then the preset's defaults, overridden by `hyper`; ValueError naming any key the sampler does
+        not take, or a preset it does not have."""
         defaults = self.defaults()
+        preset = hyper.get("preset")
+        if preset is not None and preset not in self.presets:
+            has = ", ".join(map(repr, self.presets)) or "none"
+            raise ValueError(f"sampler {self.name!r} has no preset {preset!r}; its presets: {has}")
         unknown = sorted(set(hyper) - set(defaults))
         if unknown:
             raise ValueError(
                 f"sampler {self.name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; "
                 f"it takes: {', '.join(defaults) or 'none'}"
             )
-        return {**defaults, **hyper}
+        return {**defaults, **self.presets.get(preset, {}), **hyper}
 
     def declared_nfe(self, steps: int, **hyper) -> int:
         assert self.nfe is not None, "adaptive samplers have no declared NFE"
         return self.nfe(steps, **self.resolve(hyper))
 
 
+RUNTIME = ("wanted",)
 SAMPLERS: dict[str, SamplerSpec] = {}
 
 
@@ -83,16 +92,18 @@ def get_sampler(name: str) -> SamplerSpec:
     )
 
 
-def _one_per_level(steps: int, denoise: bool = True, **_) -> int:
-    return steps if denoise else steps - 1
+def _one_per_level(steps: int, denoise: bool = True, preset: str | None = None, **_) -> int:
+    # preset score_sde: a predictor step at each of the N times, the last one's mean being the sample
+    return steps if denoise or preset == "score_sde" else steps - 1
 
 
 def _heun(steps: int, denoise: bool = True, **_) -> int:
     return 2 * steps - 1 if denoise else 2 * (steps - 1)
 
 
-def _pc(steps: int, n_corrector: int = 1, denoise: bool = True, **_) -> int:
-    return (steps if denoise else steps - 1) * (1 + n_corrector)
+def _pc(steps: int, n_corrector: int = 1, denoise: bool = True, preset: str | None = None, **_) -> int:
+    # default: correctors at every level, predictors between levels, then Tweedie; score_sde: N (corrector, predictor)
+    return (steps if denoise or preset == "score_sde" else steps - 1) * (1 + n_corrector)
 
 
 def _ald(steps: int, n_steps_each: int = 5, denoise: bool = True, **_) -> int:
@@ -105,6 +116,7 @@ UNIPC = (
 )
 DEIS = "Zhang & Chen 2023, Fast Sampling of Diffusion Models with Exponential Integrator (ICLR)"
 SCORE_SDE = "Song et al. 2021, Score-Based Generative Modeling through SDEs (ICLR)"
+UPSTREAM_SCORE_SDE = {"score_sde": {}}  # yang-song/score_sde_pytorch sampling.py (samplers.presets)
 EDM = "Karras et al. 2022, Elucidating the Design Space of Diffusion-Based Generative Models (NeurIPS)"
 
 for _spec in [
@@ -116,11 +128,40 @@ for _spec in [
         _ald,
         "Song & Ermon 2019, Generative Modeling by Estimating Gradients of the Data Distribution (NeurIPS)",
         "annealed Langevin dynamics, n_steps_each steps per level",
+        schedule="geometric",  # NCSN's levels, whatever the model's process
         min_steps=1,
+        presets={"ncsnv2": {}},  # ermongroup/ncsnv2 anneal_Langevin_dynamics
     ),
-    SamplerSpec("em", em, "sde", True, _one_per_level, SCORE_SDE, "Euler-Maruyama on the reverse SDE, native time"),
-    SamplerSpec("rd", rd, "sde", True, _one_per_level, SCORE_SDE, "reverse-diffusion predictor, native coordinates"),
-    SamplerSpec("pc", pc, "sde", True, _pc, SCORE_SDE, "reverse-diffusion predictor + Langevin corrector (snr)"),
+    SamplerSpec(
+        "em",
+        em,
+        "sde",
+        True,
+        _one_per_level,
+        SCORE_SDE,
+        "Euler-Maruyama on the reverse SDE, native time",
+        presets=UPSTREAM_SCORE_SDE,
+    ),
+    SamplerSpec(
+        "rd",
+        rd,
+        "sde",
+        True,
+        _one_per_level,
+        SCORE_SDE,
+        "reverse-diffusion predictor, native coordinates",
+        presets=UPSTREAM_SCORE_SDE,
+    ),
+    SamplerSpec(
+        "pc",
+        pc,
+        "sde",
+        True,
+        _pc,
+        SCORE_SDE,
+        "reverse-diffusion predictor + Langevin corrector (snr)",
+        presets=UPSTREAM_SCORE_SDE,
+    ),
     SamplerSpec(
         "pf_euler",
         pf_euler,
@@ -129,6 +170,7 @@ for _spec in [
         _one_per_level,
         SCORE_SDE,
         "probability-flow ODE, reverse-diffusion discretisation",
+        presets=UPSTREAM_SCORE_SDE,
     ),
     SamplerSpec(
         "rk45",
@@ -138,6 +180,7 @@ for _spec in [
         None,
         SCORE_SDE + "; Dormand & Prince 1980 (torchdiffeq dopri5)",
         "probability-flow ODE, adaptive Dormand-Prince 5(4); NFE set by rtol/atol",
+        presets=UPSTREAM_SCORE_SDE,
     ),
     SamplerSpec(
         "ddim",
@@ -224,12 +267,18 @@ for _spec in [
 
 
 def _dlg_spec(integrator: SamplerSpec) -> SamplerSpec:
-    """`dlg+X`: DLG's Gibbs chain, then X from each sample's own noise level; NFE = n_skip + X's NFE."""
+    """`dlg+X`: DLG's Gibbs chain, then X from each sample's own noise level; NFE = n_skip + X's NFE (+ 1 for preset
+    dmcmc's final denoising step)."""
     nfe = None
     if integrator.nfe is not None:
 
         def nfe(steps: int, **hyper) -> int:
-            return hyper["n_skip"] + integrator.nfe(steps, **hyper)
+            preset = hyper.get("preset")
+            return (
+                hyper["n_skip"]
+                + integrator.nfe(steps, **handoff_hyper(preset, integrator.name, hyper))
+                + final_nfe(preset)
+            )
 
     return SamplerSpec(
         f"dlg+{integrator.name}",
@@ -242,6 +291,7 @@ def _dlg_spec(integrator: SamplerSpec) -> SamplerSpec:
         schedule=integrator.schedule,
         min_steps=integrator.min_steps,
         chains=True,
+        presets=presets_for(integrator.name),
     )
 
 

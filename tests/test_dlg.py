@@ -142,7 +142,7 @@ def test_budget_picks_integrator_steps_and_rk45_sweeps_tolerances():
         sample(model, "dlg+kar1", nfe=4, seeds=range(8))  # n_skip 2 + Heun's 3 at least
 
 
-def test_samples_do_not_depend_on_the_batch_and_partial_chains_pay_in_full():
+def test_samples_do_not_depend_on_the_batch_and_partial_chains_keep_the_budget():
     model = load_model("gmm-2d-ve")
     full = sample(model, "dlg+kar2", nfe=20, seeds=range(24), batch_size=24)
     for batch_size in (8, 5):  # 5 is rounded to one whole chain of 8
@@ -150,7 +150,13 @@ def test_samples_do_not_depend_on_the_batch_and_partial_chains_pay_in_full():
         torch.testing.assert_close(part.x, full.x, rtol=1e-5, atol=1e-6)
     some = sample(model, "dlg+kar2", nfe=20, seeds=[17, 5, 6])
     torch.testing.assert_close(some.x, full.x[[17, 5, 6]], rtol=1e-5, atol=1e-6)
-    assert some.nfe == pytest.approx(full.nfe * 16 / 3)  # two whole chains ran for three samples
+    # chain 0 stops after output 6 and chain 2 after output 1; only the three requested outputs are integrated, and
+    # the Gibbs rounds of the outputs before them (0-4 of chain 0, 0 of chain 2) are those chains' warm-up
+    assert some.nfe == full.nfe == some.declared_nfe
+    warm_up = (5 + 1) * 2  # rounds times n_skip
+    assert some.extras["burn_in_nfe"] * 3 == pytest.approx(2 * BURN_IN_NFE + warm_up)
+    assert some.extras["burn_in_classifier_evals"] * 3 == pytest.approx(2 * BURN_IN_CLASSIFIER + warm_up)
+    assert some.extras["classifier_evals"] == 2
     other = sample(model, "dlg+kar2", nfe=20, seeds=range(24), seed=1)
     assert not torch.allclose(other.x, full.x)
     # chains differ, and a chain's consecutive outputs are distinct samples
