@@ -57,6 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-report", action="store_true", help="skip the tables and plots at the end")
     p.add_argument(
+        "--preset",
+        default=None,
+        help="run every sampler that has this preset with it: score_sde, ncsnv2, dmcmc, or upstream (each sampler its "
+        "own upstream's algorithm: score_sde for em/rd/pc/pf_euler/rk45, ncsnv2 for ald, dmcmc for dlg+X)",
+    )
+    p.add_argument(
         "--yes-i-know",
         action="store_true",
         help="start even when the suite's memory or time estimate exceeds what this machine has (checked first)",
@@ -80,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite).select(args.models, args.samplers)
     suite = suite.with_metric_options(args.reference, args.inception_weights, args.bootstrap)
+    suite = suite.with_preset(args.preset)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be a positive integer, got {args.threads}")
@@ -97,7 +104,16 @@ def run(args: argparse.Namespace) -> int:
         )
     except Interrupted as stop:
         again = ["scorebench", "run", args.suite, "--out", str(stop.path), "--resume"]
-        for flag in ("device", "models", "samplers", "threads", "reference", "inception_weights", "bootstrap"):
+        for flag in (
+            "device",
+            "models",
+            "samplers",
+            "threads",
+            "reference",
+            "inception_weights",
+            "bootstrap",
+            "preset",
+        ):
             value = getattr(args, flag)
             if value is not None:
                 again += [f"--{flag.replace('_', '-')}", ",".join(value) if isinstance(value, list) else str(value)]

@@ -180,6 +180,26 @@ class Suite:
             out = replace(out, samplers=_pick(self.samplers, list(samplers), "sampler", self.source))
         return out
 
+    def with_preset(self, preset: str | None) -> Suite:
+        """Every sampler that has `preset` (samplers' SamplerSpec.presets) runs with it, unless its table names one;
+        "upstream" gives each sampler its own upstream preset (score_sde for em, rd, pc, pf_euler, rk45; ncsnv2 for
+        ald; dmcmc for dlg+X). ValueError when no sampler of the suite has the preset."""
+        if preset is None:
+            return self
+        from samplers import get_sampler
+
+        samplers, applied = [], 0
+        for entry in self.samplers:
+            presets = get_sampler(entry.sampler).presets
+            name = next(iter(presets), None) if preset == "upstream" else (preset if preset in presets else None)
+            if name is not None and "preset" not in entry.hyper:
+                entry = replace(entry, hyper={**entry.hyper, "preset": name})
+                applied += 1
+            samplers.append(entry)
+        if not applied:
+            raise ValueError(f"--preset {preset}: no sampler of suite {self.name!r} has it (or all name their own)")
+        return replace(self, samplers=tuple(samplers))
+
     def with_metric_options(
         self,
         reference: str | Path | None = None,
