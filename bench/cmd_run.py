@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--reference",
         metavar="PATH",
         help="reference data for models whose metrics need some and whose suite entry names none (e.g. FID of a "
-        "checkpoint): a folder of .png/.jpg images or an .npz of uint8 images",
+        "checkpoint): a folder of .png/.jpg images, an .npz of uint8 images, or stats:PATH, a file of reference "
+        "statistics or features (EDM fid-refs or pytorch-fid mu/sigma, score_sde pool_3, an ADM reference batch)",
     )
     p.add_argument(
         "--inception-weights",

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from .metric_table import METRICS, interval, is_score
+from .protocol import difference, metric_label, protocol_of
 from .runner import read_records
 
 __all__ = ["Tolerances", "compare_runs"]
@@ -33,9 +34,14 @@ def compare_runs(run_a: Path, run_b: Path, tol: Tolerances = Tolerances()) -> pd
     same way in A; a metric missing or NaN in B that A had finite; a metric worse, in its declared direction
     (bench.metric_table), than the tolerances allow and outside the baseline's 95% interval when it has one; ms per
     sample grown beyond the speed tolerance. Cells only in B are listed as new.
+
+    A metric measured under different protocols in A and B (sample count, seed sets, reference or feature extractor:
+    bench.protocol) is not compared: its row says why ("not comparable: fid@1k vs fid@50k") and is no regression,
+    and `table.attrs["warnings"]` holds one line per kind of mismatch for the command to print.
     """
     a, b = _by_key(read_records(run_a)), _by_key(read_records(run_b))
     rows = []
+    mismatched: dict[str, set[tuple[str, str, int]]] = {}
 
     def row(key, quantity, va=None, vb=None, change=None, worse=False, note=""):
         rows.append(
@@ -79,6 +85,13 @@ def compare_runs(run_a: Path, run_b: Path, tol: Tolerances = Tolerances()) -> pd
             if not _finite(va):
                 row(key, name, va, vb, note="not a number in A, finite in B" if name in ma else "new in B")
                 continue
+            pa, pb = protocol_of(ra, name), protocol_of(rb, name)
+            why = difference(pa, pb)
+            if why:
+                mismatched.setdefault(why, set()).add(key)
+                shown = f"{metric_label(name, pa.n, pa.seed_sets)} vs {metric_label(name, pb.n, pb.seed_sets)}"
+                row(key, name, va, vb, _relative(va, vb), False, f"not comparable: {why} ({shown})")
+                continue
             m = METRICS[name]
             ka, kb = m.badness(va), m.badness(vb)
             worse = kb > ka + tol.metric_rel * abs(ka) + tol.metric_abs
@@ -96,7 +109,13 @@ def compare_runs(run_a: Path, run_b: Path, tol: Tolerances = Tolerances()) -> pd
     for key, rb in b.items():
         if key not in a:
             row(key, "cell", None, rb["status"], note="new in B")
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table.attrs["warnings"] = [
+        f"warning: {len(cells)} cell(s) of A and B were measured under different protocols ({why}): their metrics "
+        "are not compared"
+        for why, cells in mismatched.items()
+    ]
+    return table
 
 
 def _finite(value: Any) -> bool:

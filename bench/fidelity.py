@@ -1,4 +1,4 @@
-"""FD, KD and precision/recall of generated samples against a reference set, through torch-fidelity.
+"""FD, KD and precision/recall of generated samples against a reference, through torch-fidelity.
 
 A `FeatureSet` names the feature space and therefore the metric names:
 
@@ -9,11 +9,22 @@ A `FeatureSet` names the feature space and therefore the metric names:
 | mnist5k     | scorebench-mnist5k (shipped classifier) | fd_mnist5k, kd_mnist5k, kd_mnist5k_std, ...                |
 | data        | scorebench-data (the raw coordinates)   | fd_data, kd_data, kd_data_std, precision_data, recall_data |
 
-Images reach torch-fidelity as uint8 [N, C, H, W] tensors, quantised from the model's data range and clamped (the
-transform users' image files went through); gray is replicated to 3 channels for Inception. The reference set's
-features and FD statistics are cached by torch-fidelity under `<cache_dir>/fidelity/`, named after the reference's
-label, a sha256 of its data, and a sha256 of the extractor weights: the second evaluation against the same reference
-extracts only the generated samples, and any change to the reference data or to the extractor misses the cache.
+Two steps, both torch-fidelity's code: `extract_features` runs its feature extractor over the generated samples, and
+`fidelity_from_features` turns features into metrics with its statistics (`fid_features_to_statistics`,
+`fid_statistics_to_metric`, `kid_features_to_metric`, `prc_features_to_metric`). Splitting them lets a torchrun sweep
+extract each rank's share and gather the features (bench.runner), so N processes give the single-process number.
+Features are extracted in chunks of the sweep's sampling batch, so a sample's features never depend on how the
+batches were spread over processes. FD statistics are float64 (features cast first), as in EDM's fid.py.
+
+References (`Reference`, made by `make_reference`): images (a tensor, a folder of png/jpg, an .npz of uint8 images),
+raw rows, or `stats:PATH` files with precomputed statistics or features (bench.reference_files: EDM fid-refs and
+pytorch-fid `mu`/`sigma`, score_sde `pool_3`, ADM reference batches). A file's own `mu`/`sigma` give FD directly; its
+features or images give KD and precision/recall. Images reach torch-fidelity as uint8 [N, C, H, W] tensors, quantised
+from the model's data range and clamped (the transform users' image files went through); gray is replicated to 3
+channels for Inception. The reference set's features and float64 FD statistics are cached (torch-fidelity's cache)
+under `<cache_dir>/fidelity/`, named after the reference's label, a sha256 of its data, and a sha256 of the extractor
+weights: the second evaluation against the same reference extracts only the generated samples, and any change to the
+reference data or to the extractor misses the cache.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -38,7 +49,12 @@ __all__ = [
     "Reference",
     "make_reference",
     "to_uint8",
+    "extract_features",
+    "feature_dim",
+    "check_reference_dim",
+    "fidelity_from_features",
     "fidelity_metrics",
+    "extractor_identity",
     "resolve_inception_weights",
     "default_cache_dir",
     "register_extractors",
@@ -196,22 +212,34 @@ def _digest(*arrays: Tensor) -> str:
     return h.hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Reference:
-    """A reference set as torch-fidelity reads it: uint8 images or float rows (a tensor), or an image folder."""
+    """A reference set: images or rows to extract features from (a tensor, or an image folder torch-fidelity reads),
+    and/or precomputed features or FD statistics from a file (`stats:PATH`)."""
 
-    data: Tensor | Path
-    n: int
+    data: Tensor | Path | None  # None: the reference brings features or statistics only
+    n: int | None  # images, rows or feature rows; None: statistics only (their count is not in the file)
     digest: str  # sha256 of the data: part of the cache key
     label: str  # readable part of the cache key (a dataset name, "npz", "folder", "tensor", ...)
+    kind: str = "images"  # images | folder | tensor | dataset | exact | mu-sigma | pool-3 | adm-batch
+    features: Tensor | None = None  # precomputed reference features [N, d] (score_sde's pool_3)
+    stats: tuple[np.ndarray, np.ndarray] | None = None  # precomputed (mu, sigma), float64
+    path: str | None = None  # the file or folder it was read from
+    sha256: str | None = None  # the file's sha256 (a folder: of its files' names and bytes); None: not a file
+
+    def identity(self) -> dict:
+        """What a record stores about the reference: kind, label, hash of the file (or of the data), path, count."""
+        return {"kind": self.kind, "label": self.label, "sha256": self.sha256 or self.digest, "path": self.path,
+                "n": self.n}  # fmt: skip
 
 
 def make_reference(
     ref: Tensor | str | Path, *, data_range: tuple[float, float] = (-1.0, 1.0), label: str | None = None
 ) -> Reference:
     """A reference from a tensor (uint8 images, float images in `data_range`, or float rows [N, d]), a folder of
-    images (png/jpg/jpeg, not recursive, read by torch-fidelity), or an .npz holding one uint8 image array
-    ([N, H, W], [N, H, W, C] or [N, C, H, W], C in 1 or 3; the array named `images` when there are several)."""
+    images (png/jpg/jpeg, not recursive, read by torch-fidelity), an .npz holding one uint8 image array ([N, H, W],
+    [N, H, W, C] or [N, C, H, W], C in 1 or 3; the array named `images` when there are several), or `stats:PATH`: an
+    .npz of statistics, features or an ADM reference batch (bench.reference_files lists the layouts)."""
     if isinstance(ref, Tensor):
         x = ref.detach().cpu()
         if len(x) == 0:
@@ -222,8 +250,29 @@ def make_reference(
             x = x.to(torch.float64)
         else:
             raise ValueError(f"a reference tensor must be images [N, C, H, W] or rows [N, d], got {list(x.shape)}")
-        return Reference(x, len(x), _digest(x), label or "tensor")
-    path = Path(ref).expanduser()
+        return Reference(x, len(x), _digest(x), label or "tensor", kind="tensor")
+    from .reference_files import read_npz, split_spec
+
+    stats, path = split_spec(ref)
+    if stats:
+        if path.is_dir():
+            raise ValueError(f"stats:{path} is a folder: a folder holds images, pass it without stats:")
+        f = read_npz(path, stats=True)
+        images = f.images
+        features = f.features
+        n = len(images) if images is not None else len(features) if features is not None else None
+        digest = f.sha256
+        return Reference(
+            images,
+            n,
+            digest,
+            label or f"stats-{f.layout}",
+            kind=f.layout,
+            features=features,
+            stats=None if f.mu is None else (f.mu, f.sigma),
+            path=str(path.resolve()),
+            sha256=f.sha256,
+        )
     if path.is_dir():
         from torch_fidelity.utils import glob_samples_paths
 
@@ -234,42 +283,14 @@ def make_reference(
         for f in files:
             h.update(os.path.basename(f).encode())
             h.update(Path(f).read_bytes())
-        return Reference(path, len(files), h.hexdigest(), label or "folder")
+        digest = h.hexdigest()
+        return Reference(path, len(files), digest, label or "folder", kind="folder", path=str(path.resolve()),
+                         sha256=digest)  # fmt: skip
     if path.is_file() and path.suffix == ".npz":
-        return make_reference(_load_npz(path), label=label or "npz")
+        f = read_npz(path, stats=False)
+        return Reference(f.images, len(f.images), _digest(f.images), label or "npz", kind="images",
+                         path=str(path.resolve()), sha256=f.sha256)  # fmt: skip
     raise ValueError(f"reference {str(ref)!r} is neither a folder of images nor an .npz file")
-
-
-def _load_npz(path: Path) -> Tensor:
-    import zipfile
-
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f"reference {path} is not a readable .npz archive of arrays (numpy.savez): {err}") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise ValueError(f"reference {path} is a single .npy array, not an .npz archive: save it with numpy.savez")
-    with npz:
-        keys = list(npz.keys())
-        if not keys:
-            raise ValueError(f"reference {path} holds no arrays: it needs uint8 images [N, H, W(, C)]")
-        if len(keys) != 1 and "images" not in keys:
-            raise ValueError(f"{path} holds arrays {keys}: name the image array `images`")
-        try:
-            arr = npz["images" if "images" in keys else keys[0]]
-        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
-            raise ValueError(f"cannot read reference {path}: {err}") from None
-    if arr.size == 0 or arr.ndim == 0 or len(arr) == 0:
-        raise ValueError(f"reference {path} holds no images (array of shape {arr.shape})")
-    if arr.dtype != np.uint8:
-        raise ValueError(f"reference {path} must hold uint8 images, got dtype {arr.dtype}")
-    if arr.ndim == 3:
-        arr = arr[:, None]
-    elif arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
-        arr = arr.transpose(0, 3, 1, 2)
-    if arr.ndim != 4 or arr.shape[1] not in (1, 3):
-        raise ValueError(f"reference {path} must hold images [N, H, W(, C)] or [N, C, H, W], got {arr.shape}")
-    return torch.from_numpy(np.ascontiguousarray(arr))
 
 
 # --- extractor weights -----------------------------------------------------------------------------------------------
@@ -341,9 +362,231 @@ def _extractor_weights(fs: FeatureSet, inception_weights: str | Path | None) -> 
     return path, _weights_digest(file, st.st_size, st.st_mtime_ns)
 
 
-# --- metrics ---------------------------------------------------------------------------------------------------------
-def fidelity_metrics(
+def extractor_identity(feature_set: str, inception_weights: str | Path | None = None) -> str:
+    """The feature extractor behind a feature set's metrics, for records: its name and the sha256 of its weights."""
+    fs = FEATURE_SETS[feature_set]
+    _, digest = _extractor_weights(fs, inception_weights)
+    return f"{fs.extractor}:{digest[:16]}"
+
+
+# --- features --------------------------------------------------------------------------------------------------------
+_EXTRACTORS: dict[tuple, object] = {}
+
+
+def _extractor(fs: FeatureSet, weights: Path | None, cuda: bool):
+    """torch-fidelity's feature extractor of a feature set, made once per (set, weights, device) in a process."""
+    from torch_fidelity.utils import create_feature_extractor
+
+    register_extractors()
+    device = torch.cuda.current_device() if cuda else None
+    key = (fs.name, None if weights is None else str(weights), cuda, device)
+    if key not in _EXTRACTORS:
+        _EXTRACTORS[key] = create_feature_extractor(
+            fs.extractor,
+            [fs.layer],
+            cuda=cuda,
+            feature_extractor_weights_path=None if weights is None else str(weights),
+            verbose=False,
+        )
+    return _EXTRACTORS[key]
+
+
+def _inputs(samples: Tensor, fs: FeatureSet, data_range: tuple[float, float]) -> Tensor:
+    """Samples as the extractor reads them: uint8 images (3 channels for Inception) or float64 rows."""
+    if fs.images:
+        return _as_images(to_uint8(samples, data_range), fs.rgb)
+    if not bool(torch.isfinite(samples).all()):
+        raise ValueError("samples contain NaN or infinite values; no metric is defined for them")
+    return samples.detach().cpu().to(torch.float64).flatten(1)
+
+
+def extract_features(
     samples: Tensor,
+    feature_set: str,
+    *,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    device: str | torch.device = "cpu",
+    inception_weights: str | Path | None = None,
+    chunk: int | None = None,
+) -> Tensor:
+    """Features [n, d] of `samples` in one feature set, by torch-fidelity's extractor (on `device`), `chunk` samples
+    per call (default: all at once, in the set's batch size): a sample's features depend only on its chunk, so a
+    sweep passes its sampling batch size and gets the same features from any number of processes."""
+    from torch_fidelity.utils import extract_featuresdict_from_input_id
+
+    fs = FEATURE_SETS[feature_set]
+    x = _inputs(samples, fs, data_range)
+    if len(x) == 0:
+        raise ValueError("no samples to extract features from")
+    weights, _ = _extractor_weights(fs, inception_weights)
+    cuda = torch.device(device).type == "cuda"
+    step = chunk or len(x)
+    parts = []
+    with torch.cuda.device(torch.device(device)) if cuda else nullcontext():
+        extractor = _extractor(fs, weights, cuda)
+        for lo in range(0, len(x), step):
+            opts = dict(input1=_Rows(x[lo : lo + step]), batch_size=fs.batch_size, cuda=cuda, save_cpu_ram=True)
+            parts.append(extract_featuresdict_from_input_id(1, extractor, verbose=False, **opts)[fs.layer])
+    return torch.cat(parts)
+
+
+def feature_dim(
+    feature_set: str,
+    shape: tuple[int, ...],
+    *,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    inception_weights: str | Path | None = None,
+) -> int:
+    """The feature dimension of a feature set on samples of `shape` (two blank samples through the extractor)."""
+    lo, _ = data_range
+    return extract_features(
+        torch.full((2, *shape), float(lo)), feature_set, data_range=data_range, inception_weights=inception_weights
+    ).shape[1]
+
+
+def check_reference_dim(reference: Reference, feature_set: str, dim: int) -> None:
+    """ValueError in one line when a reference's stored features or statistics are not `dim`-dimensional."""
+    fs = FEATURE_SETS[feature_set]
+    stored = reference.stats[0].shape[0] if reference.stats is not None else None
+    if stored is None and reference.features is not None:
+        stored = reference.features.shape[1]
+    if stored is not None and stored != dim:
+        source = reference.path or reference.label
+        raise ValueError(
+            f"reference {source} holds statistics of {stored}-d features, but the {fs.name} features ({fs.extractor}) "
+            f"are {dim}-d: it was computed with another feature extractor"
+        )
+
+
+# --- metrics ---------------------------------------------------------------------------------------------------------
+def _cache_name(reference: Reference, weights_digest: str) -> str:
+    return f"scorebench-{reference.label}-{reference.digest[:16]}-{weights_digest[:12]}"
+
+
+def _reference_features(reference: Reference, fs: FeatureSet, weights, weights_digest, cuda, cache_root) -> Tensor:
+    """The reference's features: stored in its file, else extracted by torch-fidelity (cached for images)."""
+    from torch_fidelity.utils import extract_featuresdict_from_input_id_cached
+
+    if reference.features is not None:
+        return reference.features
+    if reference.data is None:
+        raise AssertionError("statistics-only references are refused before this")
+    data = reference.data
+    if isinstance(data, Tensor):
+        if fs.images and data.ndim != 4:
+            raise ValueError(f"{fs.name} features need an image reference, got rows {list(data.shape)}")
+        if not fs.images and data.ndim != 2:
+            raise ValueError("data-space metrics need a reference of rows [N, d]")
+        data = _as_images(data, fs.rgb) if fs.images else data
+    elif not fs.images:
+        raise ValueError("data-space metrics need a reference of rows [N, d]")
+    opts = dict(
+        input2=_Rows(data) if isinstance(data, Tensor) else str(data),
+        input2_cache_name=_cache_name(reference, weights_digest),
+        cache_root=str(cache_root),
+        cache=fs.images,  # raw coordinates cost nothing to "extract"
+        batch_size=fs.batch_size,
+        cuda=cuda,
+        save_cpu_ram=not cuda,
+        verbose=False,
+    )
+    extractor = _extractor(fs, weights, cuda)
+    return extract_featuresdict_from_input_id_cached(2, extractor, **opts)[fs.layer]
+
+
+def _statistics(features: Tensor) -> dict[str, np.ndarray]:
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    return fid_features_to_statistics(features.detach().cpu().to(torch.float64))
+
+
+def fidelity_from_features(
+    features: Tensor,
+    reference: Reference,
+    feature_set: str,
+    stats: Iterable[str] = STATS,
+    *,
+    device: str | torch.device = "cpu",
+    inception_weights: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    bootstrap: int = 0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """FD / KD (mean, std over subsets) / precision / recall of generated `features` [n, d] against `reference` in
+    one feature set, with torch-fidelity's statistics; keys are the metric names (e.g. fd_digits), plus `n_ref` when
+    the reference has a count. FD uses the reference's own statistics when it brings some. With bootstrap=B > 0,
+    also `<name>_lo` / `<name>_hi`: a 95% interval from B random halves of the samples."""
+    from torch_fidelity.helpers import get_kwarg
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+    from torch_fidelity.utils import cache_lookup_one_recompute_on_miss
+
+    fs = FEATURE_SETS[feature_set]
+    stats = tuple(stats)
+    gen = features.detach().cpu()
+    need_ref_features = any(s != "fd" for s in stats) or reference.stats is None
+    if need_ref_features and reference.features is None and reference.data is None:
+        others = [fs.metric_name(s) for s in stats if s != "fd"]
+        raise ValueError(
+            f"reference {reference.path or reference.label} holds FD statistics only (mu, sigma): "
+            f"{', '.join(others)} need reference images or features; ask for {fs.metric_name('fd')} alone"
+        )
+    n = len(gen)
+    if n < 5:
+        raise ValueError(f"{fs.name} metrics need at least 5 samples, got {n}")
+    weights, weights_digest = _extractor_weights(fs, inception_weights)
+    cuda = torch.device(device).type == "cuda"
+    cache_root = Path(cache_dir or default_cache_dir()) / "fidelity"
+    ref = None
+    values: dict[str, float] = {}
+    with torch.cuda.device(torch.device(device)) if cuda else nullcontext():
+        if need_ref_features:
+            ref = _reference_features(reference, fs, weights, weights_digest, cuda, cache_root).detach().cpu()
+            if len(ref) < 5:
+                raise ValueError(f"{fs.name} metrics need at least 5 reference items, got {len(ref)}")
+            if ref.shape[1] != gen.shape[1]:
+                check_reference_dim(replace(reference, stats=None, features=ref), feature_set, gen.shape[1])
+        check_reference_dim(reference, feature_set, gen.shape[1])
+        if reference.stats is not None:
+            mu, sigma = reference.stats
+            ref_stats = {"mu": mu, "sigma": sigma}
+        elif "fd" in stats:
+            ref_stats = cache_lookup_one_recompute_on_miss(
+                f"{_cache_name(reference, weights_digest)}-{fs.extractor}-stat-fd64-{fs.layer}",
+                lambda: _statistics(ref),
+                cache=reference.data is not None and fs.images or reference.features is not None,
+                cache_root=str(cache_root),
+                verbose=False,
+            )
+        opts = dict(
+            kid_subset_size=min(get_kwarg("kid_subset_size", {}), n, len(ref) if ref is not None else n),
+            cuda=cuda,
+            save_cpu_ram=not cuda,
+            verbose=False,
+        )
+        if "fd" in stats:
+            fd = fid_statistics_to_metric(_statistics(gen), ref_stats, False)[KEY_METRIC_FID]
+            values[fs.metric_name("fd")] = float(fd)
+        if "kd" in stats or "kd_std" in stats:
+            kd = kid_features_to_metric(gen, ref, **opts)
+            values.update(
+                {fs.metric_name("kd"): kd[KEY_METRIC_KID_MEAN], fs.metric_name("kd_std"): kd[KEY_METRIC_KID_STD]}
+            )
+        if "precision" in stats or "recall" in stats:
+            prc = prc_features_to_metric(gen, ref, **opts)
+            values.update({fs.metric_name(k): float(prc[k]) for k in ("precision", "recall")})
+        values = {fs.metric_name(s): float(values[fs.metric_name(s)]) for s in stats}
+        if reference.n is not None:
+            values["n_ref"] = float(reference.n)
+        if bootstrap > 0:
+            values.update(_bootstrap(fs, stats, gen, ref, ref_stats if "fd" in stats else None, opts, values,
+                                     bootstrap, seed))  # fmt: skip
+    return values
+
+
+def fidelity_metrics(
+    samples: Tensor | None,
     reference: Reference,
     feature_set: str,
     stats: Iterable[str] = STATS,
@@ -354,92 +597,45 @@ def fidelity_metrics(
     cache_dir: str | Path | None = None,
     bootstrap: int = 0,
     seed: int = 0,
+    features: Tensor | None = None,
 ) -> dict[str, float]:
-    """FD / KD (mean, std over subsets) / precision / recall of `samples` against `reference` in one feature set,
-    via torch_fidelity.calculate_metrics; keys are the metric names (e.g. fd_digits), plus `n_ref`. With
-    bootstrap=B > 0, also `<name>_lo` / `<name>_hi`: a 95% interval from B random halves of the samples."""
-    from torch_fidelity import KEY_METRIC_FID, KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, calculate_metrics
-
-    register_extractors()
-    fs = FEATURE_SETS[feature_set]
-    stats = tuple(stats)
-    if fs.images:
-        x = _as_images(to_uint8(samples, data_range), fs.rgb)
-        if isinstance(reference.data, Tensor):
-            if reference.data.ndim != 4:
-                raise ValueError(f"{fs.name} features need an image reference, got rows {list(reference.data.shape)}")
-            reference = Reference(_as_images(reference.data, fs.rgb), reference.n, reference.digest, reference.label)
-    else:
-        if not bool(torch.isfinite(samples).all()):
-            raise ValueError("samples contain NaN or infinite values; no metric is defined for them")
-        x = samples.detach().cpu().to(torch.float64).flatten(1)
-        if not isinstance(reference.data, Tensor) or reference.data.ndim != 2:
-            raise ValueError("data-space metrics need a reference of rows [N, d]")
-    n, n_ref = len(x), reference.n
-    if min(n, n_ref) < 5:
-        raise ValueError(f"{fs.name} metrics need at least 5 samples and 5 reference items, got {n} and {n_ref}")
-
-    weights, weights_digest = _extractor_weights(fs, inception_weights)
-    cuda = torch.device(device).type == "cuda"
-    cache_root = Path(cache_dir or default_cache_dir()) / "fidelity"
-    opts = dict(
-        input1=_Rows(x),
-        input2=_Rows(reference.data) if isinstance(reference.data, Tensor) else str(reference.data),
-        input2_cache_name=f"scorebench-{reference.label}-{reference.digest[:16]}-{weights_digest[:12]}",
-        cache_root=str(cache_root),
-        cache=fs.images,  # raw coordinates cost nothing to "extract"
-        feature_extractor=fs.extractor,
-        feature_extractor_weights_path=None if weights is None else str(weights),
-        feature_layer_fid=fs.layer,
-        feature_layer_kid=fs.layer,
-        feature_layer_prc=fs.layer,
-        fid="fd" in stats,
-        kid="kd" in stats or "kd_std" in stats,
-        prc="precision" in stats or "recall" in stats,
-        kid_subset_size=min(1000, n, n_ref),
-        batch_size=fs.batch_size,
-        cuda=cuda,
-        save_cpu_ram=not cuda,  # no DataLoader workers, row-batched precision/recall
-        verbose=False,
+    """`extract_features` of `samples` (or the given `features`, e.g. gathered from every rank of a sweep), then
+    `fidelity_from_features`."""
+    if features is None:
+        assert samples is not None, "samples or features"
+        features = extract_features(
+            samples, feature_set, data_range=data_range, device=device, inception_weights=inception_weights
+        )
+    return fidelity_from_features(
+        features,
+        reference,
+        feature_set,
+        stats,
+        device=device,
+        inception_weights=inception_weights,
+        cache_dir=cache_dir,
+        bootstrap=bootstrap,
+        seed=seed,
     )
-    keys = {"fd": KEY_METRIC_FID, "kd": KEY_METRIC_KID_MEAN, "kd_std": KEY_METRIC_KID_STD}
-    on_device = torch.cuda.device(torch.device(device)) if cuda else nullcontext()
-    with on_device:
-        raw = calculate_metrics(**opts)
-        values = {fs.metric_name(s): float(raw[keys.get(s, s)]) for s in stats}
-        values["n_ref"] = float(n_ref)
-        if bootstrap > 0:
-            values.update(_bootstrap(fs, stats, opts, values, bootstrap, seed))
-    return values
 
 
-def _bootstrap(fs: FeatureSet, stats: tuple[str, ...], opts: dict, values: dict, n_boot: int, seed: int) -> dict:
-    """Half-sample intervals (see `half_sample_interval`) for the metrics of one feature set.
-
-    calculate_metrics does not hand out features, so the generated ones are extracted once more here (the
-    reference's come from the cache); each replicate applies torch-fidelity's own statistics to a random half of the
-    generated features. KD replicates average BOOTSTRAP_KID_SUBSETS subsets (the point estimate: 100).
-    """
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+def _bootstrap(fs: FeatureSet, stats, gen: Tensor, ref, ref_stats, opts: dict, values: dict, n_boot: int, seed: int):
+    """Half-sample intervals (see `half_sample_interval`) for the metrics of one feature set: each replicate applies
+    torch-fidelity's own statistics to a random half of the generated features. KD replicates average
+    BOOTSTRAP_KID_SUBSETS subsets (the point estimate: 100)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
     from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
-    from torch_fidelity.utils import (
-        create_feature_extractor,
-        extract_featuresdict_from_input_id,
-        extract_featuresdict_from_input_id_cached,
-    )
 
-    extractor = create_feature_extractor(fs.extractor, [fs.layer], **opts)
-    gen = extract_featuresdict_from_input_id(1, extractor, **opts)[fs.layer]
-    ref = extract_featuresdict_from_input_id_cached(2, extractor, **opts)[fs.layer]
-    ref_stats = fid_features_to_statistics(ref)
-    kid_opts = {**opts, "kid_subsets": BOOTSTRAP_KID_SUBSETS, "kid_subset_size": min(1000, len(gen) // 2, len(ref))}
+    kid_opts = {**opts, "kid_subsets": BOOTSTRAP_KID_SUBSETS}
+    if ref is not None:
+        kid_opts["kid_subset_size"] = min(1000, len(gen) // 2, len(ref))
     reps: dict[str, list[float]] = {fs.metric_name(s): [] for s in stats if s != "kd_std"}
     for idx in half_samples(len(gen), n_boot, seed):
         f = gen[idx]
         out = {}
         if "fd" in stats:
-            out["fd"] = fid_statistics_to_metric(fid_features_to_statistics(f), ref_stats, False)[KEY_METRIC_FID]
+            out["fd"] = fid_statistics_to_metric(_statistics(f), ref_stats, False)[KEY_METRIC_FID]
         if "kd" in stats:
             out["kd"] = kid_features_to_metric(f, ref, **kid_opts)[KEY_METRIC_KID_MEAN]
         if "precision" in stats or "recall" in stats:

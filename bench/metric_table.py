@@ -11,8 +11,8 @@ lists are the same):
 - `noise_key`: a key of the record that holds the value's noise scale (KD's spread over subsets; weight_tv's
   exact-sample floor), used to call two values a tie; `score`: False for keys that are a spread, not a quality.
 
-Keys of a record's metrics that are no metric: `n`, `n_ref`, the interval bounds `<name>_lo` / `<name>_hi` and the
-exact-sample floor `<name>_floor`.
+Keys of a record's metrics that are no metric: `n`, `n_ref`, the interval bounds `<name>_lo` / `<name>_hi`, the
+exact-sample floor `<name>_floor` and, with seed sets (bench.protocol), the mean over the sets `<name>_mean`.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ _ENTRIES = [
 ]
 METRICS: dict[str, Metric] = {m.name: m for m in _ENTRIES}
 NOT_METRICS = ("n", "n_ref")
-SUFFIXES = ("_lo", "_hi", "_floor")
+SUFFIXES = ("_lo", "_hi", "_floor", "_mean")
 
 
 def metric(name: str) -> Metric | None:

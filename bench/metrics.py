@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,7 @@ from .fidelity import (
     FEATURE_SETS,
     FIDELITY_METRICS,
     Reference,
+    extractor_identity,
     fidelity_metrics,
     half_sample_interval,
     half_samples,
@@ -62,6 +65,7 @@ __all__ = [
     "default_metrics",
     "compute_metrics",
     "needs_reference",
+    "reference_identity",
     "EXACT_METRICS",
     "METRICS_BY_KIND",
     "METRIC_NAMES",
@@ -217,20 +221,49 @@ def _reference(model, feature_set: str, reference, n: int) -> Reference:
     if _built_in_reference(model, feature_set):
         if feature_set == "data":
             x, _ = model.mixture.sample(n, torch.Generator().manual_seed(REFERENCE_SEED))
-            return make_reference(x, label=f"{model.name or 'mixture'}-exact")
-        from .data import load_dataset
-
-        return make_reference(load_dataset(model.dataset).train, label=model.dataset)
+            return replace(make_reference(x, label=f"{model.name or 'mixture'}-exact"), kind="exact")
+        return _dataset_reference(model.dataset)
     name = getattr(model, "name", "") or type(model).__name__
     raise ValueError(
         f"model {name!r} has no shipped reference data for {feature_set} metrics: pass reference=PATH "
-        "(command line: --reference PATH), a folder of .png/.jpg images or an .npz of uint8 images [N, H, W, C]"
+        "(command line: --reference PATH), a folder of .png/.jpg images, an .npz of uint8 images [N, H, W, C], or "
+        "stats:PATH (reference statistics: EDM fid-refs, pytorch-fid, score_sde or ADM files)"
     )
+
+
+@cache
+def _dataset_reference(dataset: str) -> Reference:
+    from .data import load_dataset
+
+    return replace(make_reference(load_dataset(dataset).train, label=dataset), kind="dataset")
+
+
+def reference_identity(model, names: Sequence[str], reference=None, inception_weights=None) -> dict | None:
+    """What a record says about the reference behind `names` of `model` (None when no metric uses one): kind,
+    label, hash (of the file, or of the data), path, count, and per feature set the extractor with its weights' hash.
+    Exact mixture samples are identified by model and seed, not hashed (they are drawn per cell)."""
+    sets = list(dict.fromkeys(FIDELITY_METRICS[n][0] for n in names if n in FIDELITY_METRICS))
+    if not sets:
+        return None
+    if isinstance(reference, Reference):
+        info = reference.identity()
+    elif reference is not None:
+        info = make_reference(reference, data_range=tuple(getattr(model, "data_range", (-1.0, 1.0)))).identity()
+    elif _built_in_reference(model, sets[0]):
+        if sets[0] == "data":
+            label = f"{getattr(model, 'name', None) or 'mixture'} exact samples, seed {REFERENCE_SEED}"
+            info = {"kind": "exact", "label": label, "sha256": None, "path": None, "n": None}
+        else:
+            info = _dataset_reference(model.dataset).identity()
+    else:
+        return None
+    info["extractors"] = {s: extractor_identity(s, inception_weights) for s in sets}
+    return info
 
 
 def compute_metrics(
     model,
-    samples: Tensor,
+    samples: Tensor | None,
     names: Sequence[str] | None = None,
     *,
     reference: Reference | Tensor | str | Path | None = None,
@@ -239,17 +272,21 @@ def compute_metrics(
     cache_dir: str | Path | None = None,
     bootstrap: int = 0,
     seed: int = 0,
+    features: Mapping[str, Tensor] | None = None,
 ) -> dict[str, float]:
     """Every requested metric (default: `default_metrics(model)`) of `samples` [n, *model.shape] drawn from `model`.
 
-    reference: the real data for FD/KD/precision/recall (a tensor, a folder of images, an .npz of uint8 images, or
-        a `make_reference` made once for many calls);
+    reference: the real data for FD/KD/precision/recall (a tensor, a folder of images, an .npz of uint8 images,
+        "stats:PATH" for a file of reference statistics or features (bench.reference_files), or a `make_reference`
+        made once for many calls);
         default: the model's shipped dataset (training split), or exact samples for an analytic model.
     device: where feature extractors run ("cuda" for Inception on a GPU).
     inception_weights: torch-fidelity's Inception-v3 weights file for fid/kid/precision/recall (default: torch's hub
         cache, else downloaded).
     cache_dir: reference statistics cache (default: $SCOREBENCH_CACHE or ~/.cache/scorebench).
     bootstrap: B > 0 adds `<name>_lo` / `<name>_hi`: a 95% interval from B random halves of the samples.
+    features: the samples' features per feature set, already extracted (bench.fidelity.extract_features; a sweep
+        gathers them from its processes); `samples` may then be None unless an exact metric needs them.
     Returns {name: value} for every requested name, plus `n` and (reference-based metrics) `n_ref`.
     """
     names = tuple(default_metrics(model) if names is None else names)
@@ -258,12 +295,19 @@ def compute_metrics(
         raise ValueError(f"unknown metric {', '.join(map(repr, unknown))}; known: {', '.join(METRIC_NAMES)}")
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be >= 0, got {bootstrap}")
-    values: dict[str, float] = {"n": float(len(samples))}
+    features = dict(features or {})
+    if samples is None:
+        assert features, "compute_metrics needs the samples or their features"
+        n = len(next(iter(features.values())))
+    else:
+        n = len(samples)
+    values: dict[str, float] = {"n": float(n)}
 
     exact = [n for n in names if n in EXACT_METRICS]
     if exact:
         if not hasattr(model, "mixture"):
             raise ValueError(f"metrics {', '.join(exact)} need an analytic model; {model.name!r} is not one")
+        assert samples is not None, "exact metrics need the samples"
         values.update(exact_metrics(model.mixture, samples, exact))
         if bootstrap:
             x = samples.detach().to("cpu", torch.float64).reshape(len(samples), -1)
@@ -275,7 +319,7 @@ def compute_metrics(
             feature_set, stat = FIDELITY_METRICS[name]
             by_set.setdefault(feature_set, []).append(stat)
     for feature_set, stats in by_set.items():
-        ref = _reference(model, feature_set, reference, len(samples))
+        ref = _reference(model, feature_set, reference, n)
         values.update(
             fidelity_metrics(
                 samples,
@@ -288,6 +332,7 @@ def compute_metrics(
                 cache_dir=cache_dir,
                 bootstrap=bootstrap,
                 seed=seed,
+                features=features.get(feature_set),
             )
         )
     return {k: values[k] for k in ("n", *names, *sorted(set(values) - {"n", *names}))}

@@ -4,13 +4,19 @@ Written into the run directory:
 - `tables/records.csv`: every record, one row per cell, metrics and sampler accounting as columns;
 - `tables/<model>.csv`, `.md`: every metric against measured NFE, one row per sampler, one column per NFE budget
   (with its 95% interval `[lo, hi]` when the run had `bootstrap`);
-- `tables/best.csv`, `.md`: the best sampler per model, metric and NFE budget;
+- `tables/best.csv`, `.md`: the best sampler per model, metric and NFE budget, among the cells measured under one
+  protocol (sample count, seed sets, reference: bench.protocol): a 1k-sample FID is never ranked against a 50k one;
 - `plots/<model>-nfe.png`: each metric against measured NFE (log axis), one line per sampler, DLG variants dashed in
   the colour of the integrator they hand off to, intervals as error bars; `plots/<model>-pareto.png`: the first
   metric against ms per sample with its Pareto front;
 - `grids/<model>.png`: the kept samples of each sampler (rows) at each budget (columns): image grids, or scatters of
   vector data over exact samples of the model when it has them;
 - `report.md`: all of the above on one page.
+
+Every metric is labelled with the samples behind it (`fid@50k`; with seed sets `fid@50k (min of 3 seed sets)`, the
+mean over the sets in parentheses). Where cells of one model and metric were measured under different protocols, or
+a published number came from another sample count than the measured one, the report says so in one warning line
+(at the top of report.md and on stderr).
 """
 
 from __future__ import annotations
@@ -27,9 +33,19 @@ from matplotlib.figure import Figure
 
 from .files import save_figure, write_text
 from .metric_table import METRICS, interval, is_score, tied
+from .protocol import count_text, difference, metric_label, protocol_of
 from .runner import read_records, slug
 
-__all__ = ["records_frame", "metric_table", "best_table", "write_report", "is_score", "loaded"]
+__all__ = [
+    "records_frame",
+    "metric_table",
+    "best_table",
+    "protocol_warnings",
+    "metric_labels",
+    "write_report",
+    "is_score",
+    "loaded",
+]
 
 DLG_PREFIX = "dlg+"
 INTERVAL_SUFFIXES = ("_lo", "_hi")
@@ -47,9 +63,10 @@ def _interval(r: pd.Series | dict, metric: str) -> tuple[float, float] | None:
     return interval(r, metric)
 
 
-def _label(metric: str) -> str:
+def _label(metric: str, shown: str | None = None) -> str:
     m = METRICS.get(metric)
-    return f"{metric} ({m.label})" if m else metric
+    shown = shown or metric
+    return f"{shown} ({m.label})" if m else shown
 
 
 def loaded(r: pd.Series | dict) -> bool:
@@ -68,7 +85,7 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     `loaded` (the machine's load exceeded its cores during the cell)."""
     rows = []
     for r in records:
-        row = {k: v for k, v in r.items() if k not in ("metrics", "extras", "hyper")}
+        row = {k: v for k, v in r.items() if k not in ("metrics", "extras", "hyper", "set_metrics", "labels")}
         row["hyper"] = json.dumps(r.get("hyper", {}), sort_keys=True)
         row.update(r.get("extras") or {})
         row.update(r.get("metrics") or {})
@@ -103,6 +120,9 @@ def metric_table(frame: pd.DataFrame, model: str, metric: str, order: list[str] 
             return "-"
         bounds = _interval(r, metric)
         shown = _fmt(value) if bounds is None else f"{_fmt(value)} [{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
+        mean = r.get(f"{metric}_mean")
+        if mean is not None and not pd.isna(mean):
+            shown += f" (mean {_fmt(mean)})"
         floor = r.get(f"{metric}_floor")
         if floor is not None and not pd.isna(floor):
             shown += f" (exact: {_fmt(floor)})"
@@ -114,11 +134,18 @@ def metric_table(frame: pd.DataFrame, model: str, metric: str, order: list[str] 
     return table.fillna("")
 
 
+def _protocol_key(row: pd.Series, metric: str) -> tuple:
+    p = protocol_of(row, metric)
+    return (p.n, p.seed_sets, p.reference)
+
+
 def best_table(frame: pd.DataFrame, metrics: dict[str, list[str]]) -> pd.DataFrame:
     """The best sampler (among ok cells) per model, metric and NFE budget, ranked by the metric's declared direction
     (bench.metric_table: a distance's estimate below its floor counts as the floor, a target metric by its distance
     to the target), with its measured NFE and speed, its companion metric (precision beside recall), the samplers
-    whose values are within noise of it (`tied_with`), and the runner-up."""
+    whose values are within noise of it (`tied_with`), and the runner-up. Only cells measured under one protocol
+    (sample count, seed sets, reference and extractor: bench.protocol) are ranked together: each protocol of a budget
+    gets its own row, labelled (`label`, e.g. fid@50k)."""
     rows = []
     if frame.empty or "status" not in frame:
         return pd.DataFrame(rows)
@@ -131,7 +158,9 @@ def best_table(frame: pd.DataFrame, metrics: dict[str, list[str]]) -> pd.DataFra
                 continue
             df = df.dropna(subset=[metric])
             df = df.assign(_rank=[info.badness(float(v)) for v in df[metric]])
-            for budget, group in df.groupby("nfe_budget"):
+            keys = [_protocol_key(r, metric) for _, r in df.iterrows()]
+            df = df.assign(_protocol=[repr(k) for k in keys])
+            for (budget, _), group in df.groupby(["nfe_budget", "_protocol"], sort=True):
                 group = group.sort_values(["_rank", "nfe"], kind="stable")
                 best = group.iloc[0]
                 rest = group.iloc[1:]
@@ -141,10 +170,12 @@ def best_table(frame: pd.DataFrame, metrics: dict[str, list[str]]) -> pd.DataFra
                     companion = f"{info.companion} {_fmt(best[info.companion])}"
                 floor = best.get(f"{metric}_floor")
                 runner = rest.iloc[0] if not rest.empty else None
+                protocol = protocol_of(best, metric)
                 rows.append(
                     {
                         "model": model,
                         "metric": metric,
+                        "label": metric_label(metric, protocol.n, protocol.seed_sets),
                         "nfe_budget": int(budget),
                         "best_sampler": best["sampler"],
                         "value": best[metric],
@@ -158,6 +189,52 @@ def best_table(frame: pd.DataFrame, metrics: dict[str, list[str]]) -> pd.DataFra
                     }
                 )
     return pd.DataFrame(rows)
+
+
+def protocol_warnings(frame: pd.DataFrame, metrics: dict[str, list[str]]) -> list[str]:
+    """One line per model and metric whose ok cells were measured under different protocols (sample counts, seed
+    sets, references): their values are not comparable, and the best tables rank each protocol apart."""
+    lines = []
+    if frame.empty or "status" not in frame:
+        return lines
+    ok = frame[frame["status"] == "ok"]
+    for model, names in metrics.items():
+        df = ok[ok["model"] == model]
+        for metric in names:
+            if metric not in df or not is_score(metric):
+                continue
+            seen = {}
+            for _, r in df.dropna(subset=[metric]).iterrows():
+                p = protocol_of(r, metric)
+                seen.setdefault((p.n, p.seed_sets, p.reference), p)
+            protocols = list(seen.values())
+            why = sorted({difference(a, b) for a in protocols for b in protocols} - {""})
+            if why:
+                counts = ", ".join(metric_label(metric, p.n, p.seed_sets) for p in protocols)
+                lines.append(
+                    f"warning: {model}: {metric} values were measured under different protocols ({'; '.join(why)}: "
+                    f"{counts}); they are not comparable, and the best tables rank each protocol apart"
+                )
+    return lines
+
+
+def metric_labels(frame: pd.DataFrame, model: str, metrics: list[str]) -> dict[str, str]:
+    """Each metric of a model labelled with its sample count (and seed sets) from its ok cells, e.g. fid@50k; counts
+    that differ between cells are all listed (fid@1k/50k)."""
+    out = {}
+    ok = frame[(frame["model"] == model) & (frame["status"] == "ok")] if "status" in frame else frame.iloc[:0]
+    for metric in metrics:
+        if metric not in ok:
+            out[metric] = metric
+            continue
+        found = list(dict.fromkeys((p.n, p.seed_sets) for p in (protocol_of(r, metric) for _, r in ok.iterrows())))
+        if len(found) == 1:
+            out[metric] = metric_label(metric, *found[0])
+        elif found:
+            out[metric] = f"{metric}@{'/'.join(count_text(n) for n, _ in found)}"
+        else:
+            out[metric] = metric
+    return out
 
 
 def _markdown(df: pd.DataFrame, index: bool = True) -> str:
@@ -308,7 +385,9 @@ def _grid(n: int, width: float, height: float, legend: float = 2.0) -> tuple[Fig
     return fig, list(axes[:n])
 
 
-def plot_nfe(frame: pd.DataFrame, model: str, metrics: list[str], styles, order, path: Path) -> bool:
+def plot_nfe(
+    frame: pd.DataFrame, model: str, metrics: list[str], styles, order, path: Path, labels: dict[str, str] | None = None
+) -> bool:
     """Each metric against measured NFE, one panel per metric (at most PANELS_PER_ROW per row). A DLG point is also
     drawn at its total cost (hollow square joined by a dotted line): NFE plus its amortised burn-in and classifier
     calls. Each panel's y axis spans the bulk of its values; values beyond it are triangles on the edge."""
@@ -350,8 +429,9 @@ def plot_nfe(frame: pd.DataFrame, model: str, metrics: list[str], styles, order,
         _log_if_positive(ax, df[metric].dropna())
         clipped = 0 if _bounded(metric) else _clip_y(ax, series, df[metric].dropna())
         ax.set_xlabel("measured NFE per sample")
-        ax.set_ylabel(_label(metric))
-        ax.set_title(metric + _clip_note(clipped), fontsize=10)
+        shown = (labels or {}).get(metric, metric)
+        ax.set_ylabel(_label(metric, shown))
+        ax.set_title(shown + _clip_note(clipped), fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     seen = dict(zip(labels, handles, strict=True))
@@ -368,7 +448,9 @@ def plot_nfe(frame: pd.DataFrame, model: str, metrics: list[str], styles, order,
     return True
 
 
-def plot_pareto(frame: pd.DataFrame, model: str, metric: str, styles, order, path: Path) -> bool:
+def plot_pareto(
+    frame: pd.DataFrame, model: str, metric: str, styles, order, path: Path, label: str | None = None
+) -> bool:
     """The metric against ms per sample with its Pareto front; cells timed while the machine's load exceeded its
     cores are hatched (their timing is noise); y clipped to the bulk as in plot_nfe."""
     from matplotlib.patches import Patch
@@ -412,9 +494,9 @@ def plot_pareto(frame: pd.DataFrame, model: str, metric: str, styles, order, pat
     _log_if_positive(ax, df[metric])
     clipped = 0 if _bounded(metric) else _clip_y(ax, series, df[metric])
     ax.set_xlabel("wall-clock per sample [ms] (sampling only)")
-    ax.set_ylabel(_label(metric))
+    ax.set_ylabel(_label(metric, label))
     ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(f"{model}: {metric} vs wall-clock" + _clip_note(clipped))
+    ax.set_title(f"{model}: {label or metric} vs wall-clock" + _clip_note(clipped))
     handles, labels = ax.get_legend_handles_labels()
     if busy.any():
         cores = df["cpu_count"].dropna().max() if "cpu_count" in df else float("nan")
@@ -543,11 +625,12 @@ def _scatter_inside(ax, pts: np.ndarray, limits) -> int:
 # --- the report -------------------------------------------------------------------------------------------------
 
 
-def write_report(run_dir: Path | str) -> Path:
+def write_report(run_dir: Path | str, warn=None) -> Path:
     """Every table and plot of a run directory, and report.md linking them; returns the path of report.md.
 
     Each file is written whole (bench.files): an interrupted report leaves earlier files as they were. A model with
-    no ok cell, or a metric with no value, gets what exists and a line saying what is missing."""
+    no ok cell, or a metric with no value, gets what exists and a line saying what is missing. Comparisons that mix
+    protocols (bench.protocol) are warned about in report.md and through `warn` (default: a line on stderr)."""
     run_dir = Path(run_dir)
     records = read_records(run_dir)
     suite = json.loads((run_dir / "suite.json").read_text()) if (run_dir / "suite.json").exists() else {}
@@ -560,7 +643,7 @@ def write_report(run_dir: Path | str) -> Path:
     lines += _run_summary(run_dir, frame)
     if frame.empty:
         return write_text(run_dir / "report.md", "\n".join(lines + ["No finished cells yet."]) + "\n")
-    write_text(run_dir / "tables" / "records.csv", frame.to_csv(index=False))
+    write_text(run_dir / "tables" / "records.csv", _flat(frame).to_csv(index=False))
 
     model_info = {m["name"]: m for m in suite.get("models", [])}
     models = list(dict.fromkeys([*model_info, *frame["model"]]))
@@ -572,6 +655,20 @@ def write_report(run_dir: Path | str) -> Path:
     styles = sampler_styles(samplers, algorithms)
     order = _ordered(samplers, algorithms)
 
+    warnings = protocol_warnings(frame, metrics)
+    published = published_table(suite.get("published") or [], records)
+    if not published.empty and "count_note" in published:
+        mixed = published[published["count_note"] != ""]
+        if not mixed.empty:
+            warnings.append(
+                f"warning: {len(mixed)} published number(s) come from another sample count than the measured ones "
+                f"({'; '.join(dict.fromkeys(mixed['count_note']))}): FD is biased upwards at small n, so these pairs "
+                "are not comparable"
+            )
+    for line in warnings:
+        (warn or _stderr)(line)
+    if warnings:
+        lines += [f"**{line}**" for line in warnings] + [""]
     best = best_table(frame, metrics)
     if not best.empty:
         write_text(run_dir / "tables" / "best.csv", best.to_csv(index=False))
@@ -583,38 +680,41 @@ def write_report(run_dir: Path | str) -> Path:
         long = frame[frame["model"] == model]
         ok = long[long["status"] == "ok"]
         lines += _missing(long, ok, metrics[model])
-        if plot_nfe(frame, model, metrics[model], styles, order, run_dir / "plots" / f"{name}-nfe.png"):
+        labels = metric_labels(frame, model, metrics[model])
+        if plot_nfe(frame, model, metrics[model], styles, order, run_dir / "plots" / f"{name}-nfe.png", labels):
             lines += [f"![{model}: metrics vs NFE](plots/{name}-nfe.png)", ""]
         sections = []
-        values = [c for m in metrics[model] for c in (m, *(m + s for s in (*INTERVAL_SUFFIXES, "_floor")))]
+        values = [c for m in metrics[model] for c in (m, *(m + s for s in (*INTERVAL_SUFFIXES, "_floor", "_mean")))]
         timing = ("ms_per_sample", "wall_s", "loaded", "load_before", "load_after", "cpu_count")
         cols = [c for c in ("sampler", "nfe_budget", "nfe", "status", *values, *timing) if c in long]
         write_text(run_dir / "tables" / f"{name}.csv", long[cols].to_csv(index=False))
         for metric in metrics[model]:
             if metric in frame:
                 table = metric_table(frame, model, metric, order)
-                sections += [f"### {metric} @ measured NFE", "", _markdown(table), ""]
+                sections += [f"### {labels[metric]} @ measured NFE", "", *_sets_note(ok, metric), _markdown(table), ""]
         if not best.empty and model in set(best["model"]):
             b = best[best["model"] == model].drop(columns="model")
             sections += ["### best sampler per NFE budget", "", _markdown(b, index=False), ""]
         write_text(run_dir / "tables" / f"{name}.md", "\n".join(sections))
         lines += sections
         ranked = [m for m in metrics[model] if is_score(m)]
-        if ranked and plot_pareto(frame, model, ranked[0], styles, order, run_dir / "plots" / f"{name}-pareto.png"):
+        pareto = run_dir / "plots" / f"{name}-pareto.png"
+        if ranked and plot_pareto(frame, model, ranked[0], styles, order, pareto, labels.get(ranked[0])):
             lines += [f"![{model}: Pareto front](plots/{name}-pareto.png)", ""]
         (run_dir / "grids").mkdir(exist_ok=True)
         if plot_grids(run_dir, frame, model, order, model_info.get(model, {}), run_dir / "grids" / f"{name}.png"):
             lines += [f"Samples of every sampler at each budget: [grids/{name}.png](grids/{name}.png)", ""]
 
-    published = published_table(suite.get("published") or [], records)
     if not published.empty:
+        published = published.drop(columns="count_note")
         write_text(run_dir / "tables" / "published.csv", published.to_csv(index=False))
         write_text(run_dir / "tables" / "published.md", _markdown(published, index=False) + "\n")
         lines += [
             "## Published and measured",
             "",
-            "Each published number beside this run's cell of the same model and sampler at the nearest measured NFE "
-            "(`n`: samples behind the measured value; a metric from fewer samples than the paper's is biased).",
+            "Each published number beside this run's cell of the same model and sampler at the nearest measured NFE, "
+            "each labelled with the samples behind it (`published n`, `n`): a FID from fewer samples than the "
+            "paper's is biased upwards and is not the paper's number.",
             "",
             _markdown(published, index=False),
             "",
@@ -647,8 +747,9 @@ def _missing(cells: pd.DataFrame, ok: pd.DataFrame, metrics: list[str]) -> list[
 
 
 def published_table(published: list[dict[str, Any]], records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per published number: the paper's value and this run's cell of the same model and sampler at the
-    nearest measured NFE (missing when the run has none)."""
+    """One row per published number: the paper's value (with its sample count when the suite gives it) and this
+    run's cell of the same model and sampler at the nearest measured NFE (missing when the run has none);
+    `count_note` says where the two counts differ."""
     rows = []
     for p in published:
         cells = [
@@ -656,21 +757,58 @@ def published_table(published: list[dict[str, Any]], records: list[dict[str, Any
         ]
         best = min(cells, key=lambda r: (abs(math.log(max(r["nfe"], 1e-9) / p["nfe"])), -r["nfe"]), default=None)
         value = None if best is None else (best.get("metrics") or {}).get(p["metric"])
+        measured = None if best is None else protocol_of(best, p["metric"])
+        note = ""
+        if p.get("n") and measured is not None and measured.n is not None and measured.n != p["n"]:
+            note = f"{metric_label(p['metric'], p['n'])} vs {metric_label(p['metric'], measured.n)}"
         rows.append(
             {
                 "model": p["model"],
                 "sampler": p["sampler"],
                 "metric": p["metric"],
                 "published": p["value"],
+                "published n": count_text(p["n"]) if p.get("n") else "",
                 "published NFE": p["nfe"],
                 "measured": value,
                 "measured NFE": None if best is None else round(best["nfe"], 2),
-                "n": None if best is None else best.get("n"),
+                "n": None if measured is None else measured.label,
                 "preset": p.get("preset") or "",
                 "source": p["source"] + (f" ({p['note']})" if p.get("note") else ""),
+                "count_note": note,
             }
         )
     return pd.DataFrame(rows)
+
+
+def _sets_note(ok: pd.DataFrame, metric: str) -> list[str]:
+    """The line under a metric's heading when its values are the best of several seed sets (EDM's protocol)."""
+    if "seed_sets" not in ok or ok.empty or metric not in ok:
+        return []
+    sets = int(ok["seed_sets"].fillna(1).max())
+    if sets <= 1:
+        return []
+    m = METRICS.get(metric)
+    which = {"lower": "minimum", "higher": "maximum"}.get(m.direction if m else "", "best")
+    return [
+        f"Each value is the {which} over {sets} disjoint seed sets (EDM's protocol); the mean over the sets is in "
+        "parentheses.",
+        "",
+    ]
+
+
+def _flat(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with dict and list cells (reference, seed ranges) as JSON text, for CSV."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].map(lambda v: isinstance(v, dict | list)).any():
+            out[column] = out[column].map(lambda v: json.dumps(v) if isinstance(v, dict | list) else v)
+    return out
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)
 
 
 def _metric_columns(frame: pd.DataFrame, records: list[dict[str, Any]], model: str) -> list[str]:

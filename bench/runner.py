@@ -42,6 +42,7 @@ __all__ = [
     "load_models",
     "resolve_metrics",
     "resolve_references",
+    "fit_metrics_to_references",
     "run_suite",
     "run_cell",
     "read_records",
@@ -167,8 +168,8 @@ def resolve_references(
             if suite.reference is None:
                 raise ValueError(
                     f"{suite.source}: [[models]] {entry.spec!r}: its metrics ({', '.join(metrics[entry.name])}) need "
-                    "reference data: set its reference = PATH (a folder of images or an .npz of uint8 images) or "
-                    "pass --reference PATH"
+                    "reference data: set its reference = PATH (a folder of images, an .npz of uint8 images, or "
+                    "stats:PATH for reference statistics) or pass --reference PATH"
                 )
             reference = suite.reference
         elif reference is not None and not any(n in FIDELITY_METRICS for n in metrics[entry.name]):
@@ -196,20 +197,61 @@ def metric_inputs(
 ) -> dict[str, dict[str, Any]]:
     """Per model, compute_metrics' reference (read and hashed once for the whole sweep) and Inception weights
     (found, or downloaded, now): a bad file or unreachable weights is one ValueError before any work."""
-    from .fidelity import FIDELITY_METRICS, make_reference, resolve_inception_weights
+    from .fidelity import FIDELITY_METRICS, check_reference_dim, feature_dim, make_reference, resolve_inception_weights
 
     out: dict[str, dict[str, Any]] = {}
     for entry in suite.models:
         model, where = models[entry.name], f"{suite.source}: [[models]] {entry.spec!r}"
         inputs: dict[str, Any] = {"reference": None, "inception_weights": None}
+        sets = list(dict.fromkeys(FIDELITY_METRICS[n][0] for n in metrics[entry.name] if n in FIDELITY_METRICS))
         try:
-            if references[entry.name] is not None:
-                inputs["reference"] = make_reference(references[entry.name], data_range=tuple(model.data_range))
-            if any(FIDELITY_METRICS[n][0] == "inception" for n in metrics[entry.name] if n in FIDELITY_METRICS):
+            if "inception" in sets:
                 inputs["inception_weights"] = resolve_inception_weights(suite.inception_weights)
+            if references[entry.name] is not None:
+                ref = make_reference(references[entry.name], data_range=tuple(model.data_range))
+                if ref.stats is not None or ref.features is not None:  # a file's statistics: of the right extractor?
+                    for fs in sets:
+                        dim = feature_dim(
+                            fs,
+                            tuple(model.shape),
+                            data_range=tuple(model.data_range),
+                            inception_weights=inputs["inception_weights"],
+                        )
+                        check_reference_dim(ref, fs, dim)
+                inputs["reference"] = ref
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
         out[entry.name] = inputs
+    return out
+
+
+def fit_metrics_to_references(
+    suite: Suite, metrics: dict[str, tuple[str, ...]], references: dict[str, str | None]
+) -> dict[str, tuple[str, ...]]:
+    """A statistics-only reference (stats:PATH holding mu and sigma, no images or features) supports FD alone: a
+    model's default metrics lose KD and precision/recall with a warning; metrics the suite lists are an error."""
+    from .fidelity import FIDELITY_METRICS
+    from .reference_files import stats_only
+
+    out = dict(metrics)
+    for entry in suite.models:
+        reference = references[entry.name]
+        if reference is None or not stats_only(reference):
+            continue
+        others = [m for m in metrics[entry.name] if m in FIDELITY_METRICS and FIDELITY_METRICS[m][1] != "fd"]
+        if not others:
+            continue
+        where = f"{suite.source}: [[models]] {entry.spec!r}"
+        if entry.metrics is not None:
+            raise ValueError(
+                f"{where}: its reference {reference} holds FD statistics only (mu, sigma): {', '.join(others)} need "
+                'reference images or features; list FD metrics only (e.g. metrics = ["fid"]) or give images'
+            )
+        _warn_once(
+            f"warning: {where}: its reference {reference} holds FD statistics only (mu, sigma): leaving out "
+            f"{', '.join(others)}"
+        )
+        out[entry.name] = tuple(m for m in metrics[entry.name] if m not in others)
     return out
 
 
@@ -236,17 +278,16 @@ def estimate_resources(suite: Suite, models: dict[str, torch.nn.Module], metrics
         model = models[entry.name]
         rows = min(entry.batch_size, 64)
         per_row = probe_model(model, f"{suite.source}: model {entry.spec!r}", batch=rows)
-        batches = entry.n_batches
         for cell in suite.cells():
             if cell.model.name == entry.name:
-                seconds += batches * cell.budget * per_row * entry.batch_size / world
+                seconds += entry.n_batches * cell.budget * per_row * entry.batch_size / world
         d = math.prod(model.shape)
         inception = any(FIDELITY_METRICS.get(n, ("",))[0] == "inception" for n in metrics[entry.name])
         features = INCEPTION_DIM if inception else d
-        need = entry.n_samples * BYTES_PER_VALUE * (3 * d + 2 * features)
+        need = entry.n_total * BYTES_PER_VALUE * (3 * d + 2 * features)
         if need > memory:
             memory, largest = need, entry.name
-        device_memory = max(device_memory, math.ceil(entry.n_samples / world) * d * 4 * 2)
+        device_memory = max(device_memory, math.ceil(entry.n_total / world) * d * 4 * 2)
     return Estimate(seconds, memory, largest, device_memory)
 
 
@@ -289,7 +330,7 @@ def check_sharding(suite: Suite, world: int) -> None:
     for m in suite.models:
         if m.n_batches < world:
             raise ValueError(
-                f"{suite.source}: model {m.name!r} has {m.n_samples} samples in {m.n_batches} batch(es) of "
+                f"{suite.source}: model {m.name!r} has {m.n_total} samples in {m.n_batches} batch(es) of "
                 f"{m.batch_size}: too few to shard over {world} processes; lower its batch_size"
             )
 
@@ -583,20 +624,35 @@ def run_cell(
 ) -> dict[str, Any] | None:
     """Sample one cell on every rank, gather on rank 0 and return its record there (None on other ranks).
 
-    The metrics run on rank 0's device, with the suite's bootstrap and seed and `metric_inputs` (reference,
-    inception_weights: bench.metrics.compute_metrics' arguments).
+    Every rank extracts the features of its own samples for the cell's feature-space metrics (in chunks of the
+    sampling batch, bench.fidelity.extract_features) and rank 0 gathers the features, not the images, so N processes
+    give the single-process number; the samples themselves reach rank 0 only where exact metrics need them (else the
+    few kept for the report). The metrics run on rank 0 with the suite's bootstrap and seed and `metric_inputs`
+    (reference, inception_weights: bench.metrics.compute_metrics' arguments; the other ranks need only the weights).
+
+    With `fid_seed_sets = K` the cell draws K * n samples, seed set j being sample indices [j n, (j + 1) n); each set
+    gets its own metrics (`set_metrics`) and the record's metrics are their combination (bench.protocol).
 
     Any exception in sampling or metrics becomes an `error` record and NaN/inf samples a `diverged` one, so that the
     sweep goes on; KeyboardInterrupt still stops the run.
     """
     from samplers import get_sampler, sample
 
-    from .metrics import compute_metrics
+    from .fidelity import FIDELITY_METRICS, extract_features
+    from .metrics import EXACT_METRICS, compute_metrics, reference_identity
+    from .protocol import combine_seed_sets, metric_label, seed_ranges
 
-    n, batch_size = cell.model.n_samples, cell.model.batch_size
-    shard = ranks.shard(n, batch_size)
+    inputs = dict(metric_inputs or {})
+    n, sets, batch_size = cell.model.n_samples, cell.model.fid_seed_sets, cell.model.batch_size
+    total = n * sets
+    shard = ranks.shard(total, batch_size)
+    feature_sets = list(dict.fromkeys(FIDELITY_METRICS[m][0] for m in metric_names if m in FIDELITY_METRICS))
+    # rank 0 needs every sample only for exact metrics (or when no feature-space metric replaces them by features)
+    need_x = not feature_sets or any(m in EXACT_METRICS for m in metric_names)
+    keep = keep_count(suite, tuple(model.shape), n)
     load_before = _load_average()
     _peak_memory_start(ranks.device)
+    x = None
     try:
         res = sample(
             model,
@@ -609,9 +665,13 @@ def run_cell(
             nfe_mean=ranks.nfe_mean,
             **cell.hyper,
         )
+        x = res.x.detach().cpu()
+        sent = list(range(len(shard))) if need_x else [i for i, idx in enumerate(shard) if idx < keep]
         local: dict[str, Any] = {
             "indices": shard,
-            "x": res.x.detach().cpu(),
+            "x": x[sent],
+            "x_indices": [shard[i] for i in sent],
+            "nonfinite": int((~torch.isfinite(x.reshape(len(x), -1))).any(1).sum()),
             "nfe": res.nfe,
             "seconds": res.seconds,
             "steps": res.steps,
@@ -623,6 +683,24 @@ def run_cell(
         local = {"error": _error_message(err)}
     local["peak_mem_mb"] = _peak_memory_mb(ranks.device)
     local["load"] = (load_before, _load_average())
+    if x is not None and local["nonfinite"] == 0 and feature_sets:
+        start = time.perf_counter()
+        try:
+            local["features"] = {
+                fs: extract_features(
+                    x,
+                    fs,
+                    data_range=tuple(model.data_range),
+                    device=ranks.device,
+                    inception_weights=inputs.get("inception_weights"),
+                    chunk=batch_size,
+                )
+                for fs in feature_sets
+            }
+        except Exception as err:
+            local["metrics_error"] = _error_message(err)
+        local["extract_s"] = time.perf_counter() - start
+    del x
     parts = ranks.gather(local)
     if parts is None:
         return None
@@ -635,6 +713,8 @@ def run_cell(
         "model_spec": cell.model.spec,
         "n": n,
         "seed": suite.seed,
+        "seed_sets": sets,
+        "seed_ranges": [list(r) for r in seed_ranges(n, sets)],
         "schedule": cell.sampler.schedule or get_sampler(cell.sampler.sampler).schedule,
         "device": str(ranks.device),
         "world_size": ranks.world,
@@ -651,43 +731,64 @@ def run_cell(
         return {**record, "status": "error", "error": errors[0], "nfe": None, "metrics": {}}
 
     head = parts[0]
-    x = torch.empty(n, *head["x"].shape[1:], dtype=head["x"].dtype)
-    for p in parts:
-        x[p["indices"]] = p["x"]
     wall_s = max(p["seconds"] for p in parts)  # the cell takes as long as its slowest rank
     record.update(
         status="ok",
-        nfe=sum(p["nfe"] * len(p["indices"]) for p in parts) / n,  # per sample, over every rank's samples
+        nfe=sum(p["nfe"] * len(p["indices"]) for p in parts) / total,  # per sample, over every rank's samples
         steps=head["steps"],
         declared_nfe=head["declared_nfe"],
         hyper=head["hyper"],
         wall_s=wall_s,
-        ms_per_sample=1000.0 * wall_s / n,
-        extras={k: sum(p["extras"][k] * len(p["indices"]) for p in parts) / n for k in head["extras"]},
+        ms_per_sample=1000.0 * wall_s / total,
+        extras={k: sum(p["extras"][k] * len(p["indices"]) for p in parts) / total for k in head["extras"]},
         metrics={},
     )
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x.reshape(n, -1))).any(1).sum())
-        record.update(status="diverged", error=f"{bad} of {n} samples are NaN or infinite")
+    bad = sum(p["nonfinite"] for p in parts)
+    if bad:
+        record.update(status="diverged", error=f"{bad} of {total} samples are NaN or infinite")
         return record
+    rows = sorted(i for p in parts for i in p["x_indices"])
+    x = torch.empty(len(rows), *head["x"].shape[1:], dtype=head["x"].dtype)
+    position = {idx: k for k, idx in enumerate(rows)}  # every sample (need_x), or the kept ones: indices < keep
+    for p in parts:
+        x[[position[i] for i in p["x_indices"]]] = p["x"]
     start = time.perf_counter()
     try:
-        record["metrics"] = compute_metrics(
-            model,
-            x,
-            metric_names,
-            device=ranks.device,
-            bootstrap=suite.bootstrap,
-            seed=suite.seed,
-            **(metric_inputs or {}),
-        )
+        failed = [p["metrics_error"] for p in parts if "metrics_error" in p]
+        if failed:
+            raise RuntimeError(failed[0])
+        features = {}
+        for fs in feature_sets:
+            first = head["features"][fs]
+            features[fs] = torch.empty(total, *first.shape[1:], dtype=first.dtype)
+            for p in parts:
+                features[fs][p["indices"]] = p["features"][fs]
+        per_set = []
+        for lo, hi in seed_ranges(n, sets):
+            per_set.append(
+                compute_metrics(
+                    model,
+                    x[lo:hi] if need_x else None,
+                    metric_names,
+                    device=ranks.device,
+                    bootstrap=suite.bootstrap,
+                    seed=suite.seed,
+                    features={fs: f[lo:hi] for fs, f in features.items()},
+                    **inputs,
+                )
+            )
+        record["metrics"] = per_set[0] if sets == 1 else combine_seed_sets(per_set)
+        if sets > 1:
+            record["set_metrics"] = per_set
+        record["labels"] = {m: metric_label(m, n, sets) for m in metric_names if m in record["metrics"]}
+        identity = reference_identity(model, metric_names, inputs.get("reference"), inputs.get("inception_weights"))
+        if identity is not None:
+            record["reference"] = identity
     except Exception as err:
         record.update(status="error", error=f"metrics: {_error_message(err)}")
-    record["metrics_s"] = time.perf_counter() - start
-    if save_samples is not None:
-        keep = keep_count(suite, tuple(x.shape[1:]), n)
-        if keep:
-            record["samples_file"] = save_samples(cell, x[:keep].float().numpy())
+    record["metrics_s"] = time.perf_counter() - start + max(p.get("extract_s", 0.0) for p in parts)
+    if save_samples is not None and keep:
+        record["samples_file"] = save_samples(cell, x[:keep].float().numpy())
     return record
 
 
@@ -702,7 +803,12 @@ def resolved_suite(
     out.pop("source")
     out.pop("reference")  # it lands in the models that use it
     out["device"] = device.type
+    for entry in out["published"]:
+        if entry["n"] is None:  # as written before published counts existed: such runs still resume
+            entry.pop("n")
     for entry in out["models"]:
+        if entry["fid_seed_sets"] == 1:
+            entry.pop("fid_seed_sets")
         model = models[entry["name"]]
         entry["metrics"] = list(metrics[entry["name"]])
         entry["reference"] = references[entry["name"]]
@@ -737,6 +843,7 @@ def run_suite(
         models = load_models(suite, ranks.device)
         metrics = resolve_metrics(suite, models)
         references = resolve_references(suite, models, metrics)
+        metrics = fit_metrics_to_references(suite, metrics, references)
         if check_resources:
             _check_resources(suite, estimate_resources(suite, models, metrics, ranks.world), ranks.device)
         resolved = resolved_suite(suite, metrics, references, ranks.device, models)
@@ -753,6 +860,8 @@ def run_suite(
                 prepared = RunDir.prepare(out, resolved, Path(suite.source).read_text(), resume, force)
                 prepared.log_environment(environment(ranks.device, ranks.world))
                 plan = {"out": str(prepared.path), "done": [_key(r) for r in prepared.records()]}
+                # every rank extracts the features of its own samples: it needs the extractor's weights
+                plan["weights"] = {k: v["inception_weights"] and str(v["inception_weights"]) for k, v in inputs.items()}
             except ValueError as err:
                 plan = {"error": str(err)}
         plan = ranks.broadcast(plan)
@@ -760,6 +869,8 @@ def run_suite(
             raise ValueError(plan["error"])
         run = prepared or RunDir(Path(plan["out"]))
         done = {tuple(k) for k in plan["done"]}
+        if not ranks.main:
+            inputs = {k: {"inception_weights": w and Path(w)} for k, w in plan["weights"].items()}
 
         cells = suite.cells()
         todo = [c for c in cells if c.key not in done]

@@ -15,13 +15,18 @@ keep_samples = 64         # samples saved per cell for the report's grids (2-d m
 bootstrap = 0             # B > 0: every metric also gets a 95% interval (<name>_lo, <name>_hi) from B half-samples
 inception_weights = "weights-inception-2015-12-05-6726825d.pth"   # for fid/kid/precision/recall (default: torch's
                           # hub cache, else downloaded); `scorebench run --inception-weights` overrides it
-reference = "train.npz"   # the reference data of models whose metrics need some and name none (`--reference`)
+reference = "train.npz"   # the reference data of models whose metrics need some and name none (`--reference`);
+                          # "stats:fid-refs/cifar10-32x32.npz": a file of reference statistics or features (EDM
+                          # fid-refs, pytorch-fid, score_sde pool_3, ADM reference batches: bench.reference_files)
+fid_seed_sets = 1         # K > 1: EDM's protocol, every cell draws K disjoint seed sets of n_samples and reports
+                          # each metric's best set (FID: the minimum) and the mean over sets (<metric>_mean)
 
 [[models]]
 spec = "gmm-2d-ve"        # a built-in name, diffusers:PATH or a native checkpoint directory
 # name, n_samples, batch_size, budgets, metrics (default: the model's default metrics) override per model
-reference = "images/"     # its metrics' real data: a folder of .png/.jpg images or an .npz of uint8 images (default:
-                          # the model's shipped dataset, or exact samples of an analytic model)
+reference = "images/"     # its metrics' real data: a folder of .png/.jpg images, an .npz of uint8 images or
+                          # stats:PATH (default: the model's shipped dataset, or exact samples of an analytic model)
+fid_seed_sets = 3         # per model, as in [suite]
 
 [samplers.kar1]           # a registered sampler with its defaults
 [samplers.kar2]
@@ -75,10 +80,21 @@ _SUITE_KEYS = (
     "bootstrap",
     "inception_weights",
     "reference",
+    "fid_seed_sets",
 )
 # options of upstream checkpoint specs (models.upstream.FORMATS), passed to models.load_model
 MODEL_OPTIONS = ("config", "ema", "class_labels")
-_MODEL_KEYS = ("spec", "name", "n_samples", "batch_size", "budgets", "metrics", "reference", *MODEL_OPTIONS)
+_MODEL_KEYS = (
+    "spec",
+    "name",
+    "n_samples",
+    "batch_size",
+    "budgets",
+    "metrics",
+    "reference",
+    "fid_seed_sets",
+    *MODEL_OPTIONS,
+)
 _SAMPLER_RESERVED = ("sampler", "budgets", "schedule", "models", "per_model")
 
 
@@ -92,10 +108,16 @@ class ModelEntry:
     metrics: tuple[str, ...] | None = None  # None: bench.metrics.default_metrics(model)
     reference: str | None = None  # its metrics' reference data; None: built in, else the suite's reference
     options: dict[str, Any] = field(default_factory=dict)  # load_model options (config, ema, class_labels)
+    fid_seed_sets: int = 1  # K > 1: K disjoint seed sets of n_samples each, best and mean reported (EDM)
+
+    @property
+    def n_total(self) -> int:
+        """Samples drawn per cell: n_samples in each of the seed sets."""
+        return self.n_samples * self.fid_seed_sets
 
     @property
     def n_batches(self) -> int:
-        return math.ceil(self.n_samples / self.batch_size)
+        return math.ceil(self.n_total / self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -144,6 +166,7 @@ class Published:
     source: str
     preset: str | None = None
     note: str = ""
+    n: int | None = None  # the samples behind the published value (FD depends on it); None: not known
 
 
 @dataclass(frozen=True)
@@ -209,12 +232,14 @@ class Suite:
         """The suite with `scorebench run`'s --reference, --inception-weights and --bootstrap (None: keep the suite's;
         paths relative to the working directory); ValueError naming the option for a missing path or a negative B."""
         out = self
+        from .reference_files import join_spec, split_spec
+
         for option, value in (("reference", reference), ("inception_weights", inception_weights)):
             if value is not None:
-                path = Path(value).expanduser()
+                stats, path = split_spec(value) if option == "reference" else (False, Path(value).expanduser())
                 if not path.exists():
                     raise ValueError(f"--{option.replace('_', '-')} {value}: no such file or directory")
-                out = replace(out, **{option: str(path.resolve())})
+                out = replace(out, **{option: join_spec(stats, path.resolve())})
         if bootstrap is not None:
             if bootstrap < 0:
                 raise ValueError(f"--bootstrap must be a non-negative number of replicates, got {bootstrap}")
@@ -233,9 +258,11 @@ class Suite:
 
         paths = [("[suite] inception_weights", self.inception_weights), ("[suite] reference", self.reference)]
         paths += [(f"[[models]] {m.spec!r} reference", m.reference) for m in self.models]
+        from .reference_files import split_spec
+
         for where, path in paths:
-            if path is not None and not Path(path).exists():
-                raise ValueError(f"{self.source}: {where}: {path} does not exist")
+            if path is not None and not split_spec(path)[1].exists():
+                raise ValueError(f"{self.source}: {where}: {split_spec(path)[1]} does not exist")
 
         for entry in self.samplers:
             where = f"{self.source}: [samplers.{_quote(entry.name)}]"
@@ -334,6 +361,7 @@ def parse_suite(raw: Mapping[str, Any], source: str, default_name: str = "suite"
             head.get("batch_size", min(n_samples, DEFAULT_BATCH_SIZE)), source, "[suite] batch_size"
         ),
         "budgets": _budgets(head["budgets"], source, "[suite] budgets") if "budgets" in head else None,
+        "fid_seed_sets": _positive_int(head.get("fid_seed_sets", 1), source, "[suite] fid_seed_sets"),
     }
 
     models_raw = raw.get("models")
@@ -378,12 +406,13 @@ def parse_suite(raw: Mapping[str, Any], source: str, default_name: str = "suite"
         samplers=samplers,
         bootstrap=bootstrap,
         inception_weights=_path(head.get("inception_weights"), source, "[suite] inception_weights"),
-        reference=_path(head.get("reference"), source, "[suite] reference"),
+        reference=_reference(head.get("reference"), source, "[suite] reference"),
         published=_published(raw.get("published", []), model_names, [s.name for s in samplers], source),
     )
 
 
 _PUBLISHED_FIELDS = {"model": str, "sampler": str, "nfe": int, "metric": str, "value": float, "source": str}
+_PUBLISHED_OPTIONAL = ("preset", "note", "n")
 
 
 def _published(raw: Any, models: list[str], samplers: list[str], source: str) -> tuple[Published, ...]:
@@ -393,7 +422,9 @@ def _published(raw: Any, models: list[str], samplers: list[str], source: str) ->
     for i, entry in enumerate(raw):
         where = f"[[published]] #{i + 1}"
         entry = _table(entry, source, where)
-        _check_keys(entry, (*_PUBLISHED_FIELDS, "preset", "note"), source, where)
+        _check_keys(entry, (*_PUBLISHED_FIELDS, *_PUBLISHED_OPTIONAL), source, where)
+        if "n" in entry:
+            _positive_int(entry["n"], source, f"{where} n")
         for key, kind in _PUBLISHED_FIELDS.items():
             value = entry.get(key)
             ok = (
@@ -434,8 +465,11 @@ def _model(raw: Any, i: int, defaults: dict[str, Any], source: str) -> ModelEntr
         batch_size=_positive_int(raw.get("batch_size", batch_default), source, f"{where} batch_size"),
         budgets=budgets or (),
         metrics=metrics,
-        reference=_path(raw.get("reference"), source, f"{where} reference"),
+        reference=_reference(raw.get("reference"), source, f"{where} reference"),
         options={k: raw[k] for k in MODEL_OPTIONS if k in raw},
+        fid_seed_sets=_positive_int(
+            raw.get("fid_seed_sets", defaults["fid_seed_sets"]), source, f"{where} fid_seed_sets"
+        ),
     )
 
 
@@ -506,6 +540,17 @@ def _path(value: Any, source: str, where: str) -> str | None:
         return None
     path = Path(_string(value, source, where)).expanduser()
     return str(path if path.is_absolute() else (Path(source).parent / path).resolve())
+
+
+def _reference(value: Any, source: str, where: str) -> str | None:
+    """A reference from the suite file: a path, or stats:PATH, relative to the file's directory."""
+    from .reference_files import join_spec, split_spec
+
+    if value is None:
+        return None
+    stats, _ = split_spec(_string(value, source, where))
+    text = str(value)[len("stats:") :] if stats else str(value)
+    return join_spec(stats, _path(text, source, where))
 
 
 def _positive_int(value: Any, source: str, where: str) -> int:

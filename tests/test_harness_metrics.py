@@ -99,7 +99,7 @@ def test_bootstrap_intervals_reach_records_and_report(tmp_path, monkeypatch):
 
     run = tmp_path / "run"
     md = (run / "tables" / "vp.md").read_text()
-    assert "### fd_exact @ measured NFE" in md and "_lo" not in md and "_hi" not in md
+    assert "### fd_exact@32 @ measured NFE" in md and "_lo" not in md and "_hi" not in md  # labelled with its count
     fd = {r["nfe_budget"]: r["metrics"] for r in records if r["model"] == "vp"}
     assert f"[{fd[10]['fd_exact_lo']:.3g}, {fd[10]['fd_exact_hi']:.3g}]" in md  # the interval beside its value
     per_model = pd.read_csv(run / "tables" / "gmm-2d-ve.csv")
