@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from .checkpoint_dir import write_checkpoint_dir
 from .processes import DDPMProcess, Process, VEProcess, VPProcess
 from .unet import UNet
+from .upstream.common import load_strict
 from .wrappers import NetworkDenoiser
 
 __all__ = [
@@ -155,21 +156,6 @@ def _read_safetensors(path: Path, what: str) -> dict[str, Tensor]:
         raise ValueError(f"{what}: {path} is not a readable safetensors file ({reason})") from None
 
 
-def _load_weights(net: nn.Module, state: dict[str, Tensor], what: str) -> None:
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        parts = [
-            f"{label} {len(keys)} (e.g. {keys[0]})"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if keys
-        ]
-        raise ValueError(f"{what}: weights do not match the architecture: {', '.join(parts)}")
-    net.load_state_dict(state)
-
-
 def _field(config: dict[str, Any], key: str, what: str) -> Any:
     if key not in config:
         raise ValueError(f"{what}: config.json has no {key!r}")
@@ -192,7 +178,7 @@ def load_native(path: str | Path, name: str | None = None) -> NetworkDenoiser:
             f"{what}: unsupported format_version {config.get('format_version')!r} (this is {FORMAT_VERSION})"
         )
     net = build_network(_field(config, "arch", what), _field(config, "arch_kwargs", what))
-    _load_weights(net, _read_safetensors(path / WEIGHTS, what), what)
+    load_strict(net, _read_safetensors(path / WEIGHTS, what), what)
     levels = config.get("levels")
     model = NetworkDenoiser(
         net,

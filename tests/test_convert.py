@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bench.cli import main
+from bench.loader_speed import CHECKPOINTS as CHECKPOINTS_BY_FIXTURE
 from models import load_model
 from models.registry import CHECKPOINTS
 
@@ -46,14 +47,7 @@ def test_convert_refuses_bad_input_in_one_line(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
-UPSTREAM = {
-    "score_sde/ve-ncsnpp-continuous": "score_sde:{}/checkpoint_1.pth",
-    "score_sde/vp-ddpmpp-continuous": "score_sde:{}/checkpoint_1.pth",
-    "score_sde/vp-ddpm": "score_sde:{}/checkpoint_1.pth",
-    "ncsnv2/cifar10": "ncsnv2:{}/checkpoint.pth",
-    "ddim/cifar10": "ddim:{}/model-ema.ckpt",
-    "edm/vp-songunet": "edm:{}/network-snapshot.pkl",
-}
+UPSTREAM = CHECKPOINTS_BY_FIXTURE  # fixture folder -> spec template, one per upstream format
 
 
 @pytest.mark.parametrize("fixture", list(UPSTREAM))

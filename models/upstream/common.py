@@ -21,6 +21,7 @@ __all__ = [
     "find_config",
     "strip_prefix",
     "load_strict",
+    "key_mismatch",
     "first_line",
 ]
 
@@ -123,25 +124,30 @@ def strip_prefix(state: Mapping[str, Tensor], prefix: str = "module.") -> dict[s
     return {k.removeprefix(prefix): v for k, v in state.items()}
 
 
+def key_mismatch(expected: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> str | None:
+    """What differs between two name -> tensor maps, as "missing 2 (first: a, b); wrong shape 1 (...)", or None."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    wrong = [
+        f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in given and given[k].shape != expected[k].shape
+    ]
+    parts = [
+        f"{label} {len(keys)} (first: {', '.join(keys[:3])})"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        if keys
+    ]
+    return "; ".join(parts) or None
+
+
 def load_strict(net: nn.Module, state: Mapping[str, Any], what: str) -> None:
     """Load `state` into `net` with every key and shape matching; else one ValueError naming the first differences."""
-    expected = net.state_dict()
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{what}: the weights are not a state dict of tensors")
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or wrong:
-        parts = [
-            f"{label} {len(keys)} (first: {', '.join(keys[:3])})"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if keys
-        ]
-        raise ValueError(f"{what}: the weights do not match the architecture the config describes: {'; '.join(parts)}")
+    mismatch = key_mismatch(net.state_dict(), state)
+    if mismatch:
+        raise ValueError(f"{what}: the weights do not match the architecture the config describes: {mismatch}")
     # a network built on the meta device (no memory, no random initialisation) takes the loaded tensors themselves
     on_meta = any(t.is_meta for t in (*net.parameters(), *net.buffers()))
     net.load_state_dict(state, assign=on_meta)

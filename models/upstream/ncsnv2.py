@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..loaders import ARCHS
 from ..processes import VEProcess
 from ..wrappers import NetworkDenoiser
-from .common import Config, find_config, load_strict, read_torch, strip_prefix
+from .common import Config, find_config, key_mismatch, load_strict, read_torch, strip_prefix
 from .ncsnv2_configs import CONFIG_SUMMARIES, NCSN_V1_SAMPLING, PUBLISHED_CONFIGS
 from .ncsnv2_nets import ACTIVATIONS, NORMALIZATIONS, NCSNNet, NCSNv2Net, noise_levels
 
@@ -149,16 +149,9 @@ def _split_checkpoint(states: Any, what: str) -> tuple[dict[str, Tensor], dict[s
 def _load_ema(net: nn.Module, shadow: Mapping[str, Tensor], what: str) -> None:
     """Copy the EMA shadow over the network's trainable parameters (EMAHelper.ema); buffers keep the model's values."""
     params = dict(net.named_parameters())
-    missing = [k for k in params if k not in shadow]
-    unexpected = [k for k in shadow if k not in params]
-    wrong = [f"{k} {tuple(shadow[k].shape)}" for k in params if k in shadow and shadow[k].shape != params[k].shape]
-    if missing or unexpected or wrong:
-        parts = [
-            f"{label} {len(keys)} (first: {', '.join(keys[:3])})"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if keys
-        ]
-        raise ValueError(f"{what}: the EMA weights do not match the model's parameters: {'; '.join(parts)}")
+    mismatch = key_mismatch(params, shadow)
+    if mismatch:
+        raise ValueError(f"{what}: the EMA weights do not match the model's parameters: {mismatch}")
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(shadow[name])
