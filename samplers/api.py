@@ -31,6 +31,7 @@ __all__ = [
 # rtol = atol grid swept (loosest first) to fit an adaptive sampler into an NFE budget
 TOLERANCES = tuple(10 ** (-k / 2) for k in range(2, 13))
 INIT_STREAM, SAMPLER_STREAM = 0, 1
+MAX_STEPS = 1 << 20  # the longest schedule budget fitting considers
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,21 @@ def steps_for_budget(spec: SamplerSpec, budget: int, hyper: Mapping[str, Any] | 
             f"NFE budget {budget} is below the minimum of sampler {spec.name!r} "
             f"({spec.nfe(spec.min_steps, **hyper)} NFE at {spec.min_steps} steps)"
         )
-    steps = spec.min_steps
-    while spec.nfe(steps + 1, **hyper) <= budget:
-        steps += 1
-    return steps
+    # NFE grows with the step count: double up to the budget, then bisect (milliseconds for any budget)
+    low, high = spec.min_steps, spec.min_steps + 1
+    while spec.nfe(high, **hyper) <= budget:
+        if spec.nfe(high, **hyper) <= spec.nfe(low, **hyper):
+            raise ValueError(f"sampler {spec.name!r}: its NFE does not grow with the step count at {dict(hyper)}")
+        low, high = high, 2 * high
+        if high > MAX_STEPS:
+            raise ValueError(
+                f"NFE budget {budget} is beyond the longest schedule budgets are fitted to ({MAX_STEPS} steps of "
+                f"{spec.name})"
+            )
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if spec.nfe(mid, **hyper) <= budget else (low, mid)
+    return low
 
 
 def draw_batch(

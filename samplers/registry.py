@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,11 +63,84 @@ class SamplerSpec:
                 f"sampler {self.name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; "
                 f"it takes: {', '.join(defaults) or 'none'}"
             )
+        for key, value in hyper.items():
+            check_domain(self.name, key, value)
         return {**defaults, **self.presets.get(preset, {}), **hyper}
 
     def declared_nfe(self, steps: int, **hyper) -> int:
         assert self.nfe is not None, "adaptive samplers have no declared NFE"
         return self.nfe(steps, **self.resolve(hyper))
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The values a hyper-parameter may take: a kind ("int", "float", "bool", "choice") and, for numbers, a lower
+    bound (`low`, excluded when `strict`); None is allowed where the default is None (the sampler's own choice)."""
+
+    kind: str
+    low: float | None = None
+    strict: bool = False
+    choices: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "one of " + ", ".join(map(repr, self.choices))
+        if self.kind == "bool":
+            return "true or false"
+        bound = "" if self.low is None else f" {'>' if self.strict else '>='} {self.low:g}"
+        return f"{'an integer' if self.kind == 'int' else 'a number'}{bound}"
+
+
+# the domain of every hyper-parameter name the samplers share (one meaning per name across samplers)
+HYPER_DOMAINS: dict[str, Domain] = {
+    "n_steps_each": Domain("int", 1),
+    "n_corrector": Domain("int", 0),
+    "n_skip": Domain("int", 0),
+    "outputs_per_chain": Domain("int", 1),
+    "burn_in_steps": Domain("int", 2),
+    "burn_in_iters": Domain("int", 0),
+    "settle_iters": Domain("int", 0),
+    "n_levels": Domain("int", 2),
+    "order": Domain("int", 1),
+    "eta": Domain("float", 0),
+    "s_churn": Domain("float", 0),
+    "s_noise": Domain("float", 0),
+    "s_tmin": Domain("float", 0),
+    "s_tmax": Domain("float", 0),
+    "snr": Domain("float", 0, strict=True),
+    "eps": Domain("float", 0, strict=True),
+    "step_lr": Domain("float", 0, strict=True),
+    "twd_eps": Domain("float", 0, strict=True),
+    "burn_in_eta": Domain("float", 0, strict=True),
+    "renoise": Domain("float", 0),
+    "rtol": Domain("float", 0, strict=True),
+    "atol": Domain("float", 0, strict=True),
+    "rho": Domain("float", 0, strict=True),
+    "denoise": Domain("bool"),
+    "corrector": Domain("bool"),
+    "lower_order_final": Domain("bool"),
+    "mode": Domain("choice", choices=("argmax", "gibbs")),
+    "variant": Domain("choice", choices=("bh1", "bh2")),
+    "third_order": Domain("choice", choices=("published", "exact")),
+}
+
+
+def check_domain(sampler: str, key: str, value: Any) -> None:
+    """ValueError naming the sampler, the hyper-parameter and its domain when `value` is outside it."""
+    domain = HYPER_DOMAINS.get(key)
+    if domain is None or value is None:
+        return
+    if domain.kind == "bool":
+        ok = isinstance(value, bool)
+    elif domain.kind == "choice":
+        ok = value in domain.choices
+    else:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = number and (domain.kind == "float" or float(value).is_integer()) and math.isfinite(value)
+        if ok and domain.low is not None:
+            ok = value > domain.low if domain.strict else value >= domain.low
+    if not ok:
+        raise ValueError(f"sampler {sampler!r}: {key} must be {domain.describe()}, got {value!r}")
 
 
 RUNTIME = ("wanted",)
