@@ -590,3 +590,40 @@ def test_seeded_noise_skip_passes_over_draws_exactly():
             drawn()
         skipped.skip(n)
         torch.testing.assert_close(skipped(), drawn(), rtol=0, atol=0)
+
+
+SUITE = """
+[suite]
+seed = 3
+n_samples = 24
+batch_size = 24
+budgets = [50]  # pc: 25 levels (score_sde's VP discretisation needs more than 20)
+
+[[models]]
+spec = "gmm-2d-vp"
+
+[samplers.pc-upstream]
+sampler = "pc"
+preset = "score_sde"
+
+[samplers.dlg-dmcmc]
+sampler = "dlg+kar1"
+preset = "dmcmc"
+"""
+
+
+def test_a_suite_passes_presets_through(tmp_path, capsys):
+    import json
+
+    from bench.cli import main
+
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE)
+    assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--no-report", "--threads", "1"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    assert {r["sampler"]: r["hyper"]["preset"] for r in records} == {"pc-upstream": "score_sde", "dlg-dmcmc": "dmcmc"}
+    for r in records:
+        assert r["status"] == "ok" and r["nfe"] <= 50, r
+    suite.write_text(SUITE.replace('preset = "dmcmc"', 'preset = "score_sde"'))
+    assert main(["run", str(suite), "--out", str(tmp_path / "bad"), "--no-report"]) == 2
+    assert "its presets: 'dmcmc'" in capsys.readouterr().err
