@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from bench.files import write_text
 from bench.metrics import compute_metrics
 from models import load_model
 from samplers import SAMPLERS, sample
@@ -219,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m bench.presets " + shlex.join(argv if argv is not None else sys.argv[1:])
-    table.to_csv(out / "presets.csv", index=False, float_format="%.6g")
-    (out / "README.md").write_text(to_markdown(table, args.n, command.strip(), seconds))
+    write_text(out / "presets.csv", table.to_csv(index=False, float_format="%.6g"))
+    write_text(out / "README.md", to_markdown(table, args.n, command.strip(), seconds))
     print(f"wrote {out / 'presets.csv'} and {out / 'README.md'} in {seconds:.0f} s")
     return 0
 
