@@ -136,7 +136,7 @@ def check_domain(sampler: str, key: str, value: Any) -> None:
         ok = value in domain.choices
     else:
         number = isinstance(value, int | float) and not isinstance(value, bool)
-        ok = number and (domain.kind == "float" or float(value).is_integer()) and math.isfinite(value)
+        ok = number and not math.isnan(value) and (domain.kind == "float" or float(value).is_integer())
         if ok and domain.low is not None:
             ok = value > domain.low if domain.strict else value >= domain.low
     if not ok:

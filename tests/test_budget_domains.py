@@ -38,6 +38,7 @@ def test_budget_fitting_is_the_largest_fitting_step_count_and_fast(name):
         ("ddim", {"eta": -0.1}, "eta must be a number >= 0"),
         ("kar2", {"s_churn": -1.0}, "s_churn must be a number >= 0"),
         ("kar2", {"s_noise": float("nan")}, "s_noise must be a number >= 0"),
+        ("kar2", {"s_tmin": -float("inf")}, "s_tmin must be a number >= 0"),
         ("pc", {"snr": 0}, "snr must be a number > 0"),
         ("rk45", {"rtol": "abc"}, "rtol must be a number > 0"),
         ("kar1", {"denoise": 1}, "denoise must be true or false"),

@@ -291,7 +291,7 @@ def test_sample_checks_hyper_parameters_and_the_output_before_sampling(capsys, m
 
     monkeypatch.setattr(samplers, "sample", lambda *a, **k: pytest.fail("sampled before the checks"))
     assert main(["sample", "digits-ve", "--sampler", "ddim", "--hyper", "eta=abc"]) == 2
-    assert "eta = 'abc' should be a float" in one_line_error(capsys, "sample")
+    assert "eta must be a number >= 0, got 'abc'" in one_line_error(capsys, "sample")
     assert main(["sample", "digits-ve", "--hyper", "no_such=1"]) == 2
     assert "has no hyper-parameter 'no_such'" in one_line_error(capsys, "sample")
     assert main(["sample", "digits-ve", "--out", str(tmp_path / "grid.xyz")]) == 2
