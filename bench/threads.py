@@ -18,6 +18,7 @@ from typing import Any
 __all__ = ["SMALL_SAMPLE", "Parallelism", "usable_cores", "machine_load", "choose", "set_torch_threads"]
 
 SMALL_SAMPLE = 1024  # values per sample at or below which a model's evaluations run on one thread per job
+JOBS_ENV = "SCOREBENCH_JOBS"  # the default --jobs where set (the test suite sets 1: its spies live in one process)
 
 
 def usable_cores() -> int:
@@ -86,20 +87,30 @@ def choose(
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world)) if world > 1 else 1
         n = threads or (1 if small else max(1, cores // max(1, local)))
         return Parallelism(1, n, cores, f"1 job: {why}; {_threads_why(threads, small, n)}")
-    if jobs is not None and threads is not None and jobs > 1 and jobs * threads > cores:
-        raise ValueError(f"--jobs {jobs} x --threads {threads} exceeds the {cores} usable cores: lower one of them")
-    if jobs is None:
-        jobs = max(1, cores // threads) if threads else cores
-        caps = [f"{cores} usable cores" + (f" / {threads} threads" if threads else "")]
-        if cells is not None and cells < jobs:
-            jobs, caps = max(1, cells), [f"{cells} cell(s) to do"]
-        if memory_jobs is not None and memory_jobs < jobs:
-            jobs, caps = max(1, memory_jobs), ["host memory"]
-        jobs_why = f"{jobs} job(s) (default, limited by {caps[0]})"
-    else:
+    if jobs is not None:
         jobs_why = f"{jobs} job(s) (--jobs)"
+    elif os.environ.get(JOBS_ENV):
+        jobs = _env_jobs()
+        jobs_why = f"{jobs} job(s) ({JOBS_ENV})"
+    else:
+        jobs = max(1, cores // threads) if threads else cores
+        cap = f"{cores} usable cores" + (f" / {threads} threads" if threads else "")
+        if cells is not None and cells < jobs:
+            jobs, cap = max(1, cells), f"{cells} cell(s) to do"
+        if memory_jobs is not None and memory_jobs < jobs:
+            jobs, cap = max(1, memory_jobs), "host memory"
+        jobs_why = f"{jobs} job(s) (default, limited by {cap})"
+    if threads is not None and jobs > 1 and jobs * threads > cores:
+        raise ValueError(f"{jobs} jobs x --threads {threads} exceeds the {cores} usable cores: lower one of them")
     n = threads or (1 if small else max(1, cores // jobs))
     return Parallelism(jobs, n, cores, f"{jobs_why}; {_threads_why(threads, small, n)}")
+
+
+def _env_jobs() -> int:
+    text = os.environ[JOBS_ENV]
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"{JOBS_ENV}={text!r} is not a positive integer")
+    return int(text)
 
 
 def _threads_why(given: int | None, small: bool, n: int) -> str:

@@ -42,9 +42,7 @@ def _slow_nfe(steps: int, denoise: bool = True, **_) -> int:
 TEST_SAMPLERS = {
     "test_nan": SamplerSpec("test_nan", nan_sampler, "test", False, _levels, "test", "returns NaN", min_steps=1),
     "test_error": SamplerSpec("test_error", error_sampler, "test", False, _levels, "test", "raises", min_steps=1),
-    "test_slow": SamplerSpec(
-        "test_slow", slow_kar1, "test", False, _slow_nfe, "test", "slow kar1"
-    ),
+    "test_slow": SamplerSpec("test_slow", slow_kar1, "test", False, _slow_nfe, "test", "slow kar1"),
 }
 
 
