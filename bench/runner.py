@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -932,23 +932,25 @@ def run_suite(
             dynamic_ncols=True,
         )
         with bar, _resumable(run.path):
-            if chosen.jobs > 1 and len(todo) > 1:
+            in_workers = chosen.jobs > 1 and len(todo) > 1
+            if in_workers:
                 results = _cells_in_workers(suite, todo, metrics, inputs, ranks.device, chosen, bar)
             else:
                 results = _cells_here(suite, todo, models, metrics, inputs, ranks, run, bar)
-            for cell, record, kept in results:
-                if record is None:  # not rank 0 of a torchrun
+            with closing(results):  # an error or Ctrl-C here ends the workers at once
+                for cell, record, kept in results:
+                    if record is None:  # not rank 0 of a torchrun
+                        bar.update()
+                        continue
+                    if kept is not None:
+                        record["samples_file"] = run.save_samples(cell, kept)
+                    record.update(jobs=chosen.jobs if in_workers else 1, threads=chosen.threads)
+                    record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+                    run.append(record)
+                    if record["status"] != "ok":
+                        bar.write(f"{'/'.join(map(str, cell.key))}: {record['status']}: {record.get('error')}")
+                    bar.set_postfix_str(f"{cell.model.name} {cell.sampler.name} @{cell.budget}", refresh=False)
                     bar.update()
-                    continue
-                if kept is not None:
-                    record["samples_file"] = run.save_samples(cell, kept)
-                record.update(jobs=chosen.jobs, threads=chosen.threads)
-                record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-                run.append(record)
-                if record["status"] != "ok":
-                    bar.write(f"{'/'.join(map(str, cell.key))}: {record['status']}: {record.get('error')}")
-                bar.set_postfix_str(f"{cell.model.name} {cell.sampler.name} @{cell.budget}", refresh=False)
-                bar.update()
         return run.path if ranks.main else None
     finally:
         if prepared is not None:
