@@ -934,6 +934,7 @@ def run_suite(
         with bar, _resumable(run.path):
             in_workers = chosen.jobs > 1 and len(todo) > 1
             if in_workers:
+                todo = _longest_first(suite, todo, models)
                 results = _cells_in_workers(suite, todo, metrics, inputs, ranks.device, chosen, bar)
             else:
                 results = _cells_here(suite, todo, models, metrics, inputs, ranks, run, bar)
@@ -969,6 +970,15 @@ def _memory_jobs(estimate: Estimate | None) -> int | None:
     if estimate is None or available is None or estimate.memory <= 0:
         return None
     return max(1, int(available // estimate.memory))
+
+
+def _longest_first(suite: Suite, todo: list[Cell], models: dict[str, torch.nn.Module]) -> list[Cell]:
+    """The cells by estimated sampling time, longest first (from one timed evaluation per model), so that the jobs
+    finish together instead of one job running the longest cells alone at the end."""
+    per_sample = {
+        e.name: probe_model(models[e.name], f"model {e.spec!r}", batch=min(e.batch_size, 64)) for e in suite.models
+    }
+    return sorted(todo, key=lambda c: -per_sample[c.model.name] * c.budget * c.model.n_total)
 
 
 def _unsendable(todo: list[Cell]) -> str | None:
