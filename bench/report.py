@@ -89,6 +89,17 @@ def _timing_mark(r: pd.Series | dict) -> str:
     return ", ".join(marks)
 
 
+def in_suite_order(records: list[dict[str, Any]], suite: dict[str, Any]) -> list[dict[str, Any]]:
+    """Records by model and sampler in the suite's order, then budget: the order of a run with one job, whatever
+    order parallel jobs finished their cells in (names the suite does not list follow, in their first order)."""
+    models = {m: i for i, m in enumerate(dict.fromkeys(e.get("name") for e in suite.get("models", [])))}
+    samplers = {s: i for i, s in enumerate(dict.fromkeys(e.get("name") for e in suite.get("samplers", [])))}
+    for r in records:
+        models.setdefault(r.get("model"), len(models))
+        samplers.setdefault(r.get("sampler"), len(samplers))
+    return sorted(records, key=lambda r: (models[r.get("model")], samplers[r.get("sampler")], r.get("nfe_budget") or 0))
+
+
 # --- tables -----------------------------------------------------------------------------------------------------
 
 
@@ -645,8 +656,8 @@ def write_report(run_dir: Path | str, warn=None) -> Path:
     no ok cell, or a metric with no value, gets what exists and a line saying what is missing. Comparisons that mix
     protocols (bench.protocol) are warned about in report.md and through `warn` (default: a line on stderr)."""
     run_dir = Path(run_dir)
-    records = read_records(run_dir)
     suite = json.loads((run_dir / "suite.json").read_text()) if (run_dir / "suite.json").exists() else {}
+    records = in_suite_order(read_records(run_dir), suite)
     frame = records_frame(records)
     (run_dir / "tables").mkdir(exist_ok=True)
     (run_dir / "plots").mkdir(exist_ok=True)

@@ -86,6 +86,12 @@ def test_two_jobs_give_the_records_of_one(tmp_path, monkeypatch):
     assert "ran 2 at a time" in (two / "report.md").read_text()
     assert "2 jobs" in (two / "tables" / "gmm-2d-ve.md").read_text()
     assert "ran 2 at a time" not in _report(one)
+    for name in ("gmm-2d-ve", "gmm-2d-vp"):  # the tables list the cells in the suite's order, however they finished
+        rows = [
+            [line.split(",")[:2] for line in (run / "tables" / f"{name}.csv").read_text().splitlines()]
+            for run in (one, two)
+        ]
+        assert rows[0] == rows[1] and len(rows[0]) == 1 + 7
 
 
 def _report(run: Path) -> str:
