@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -885,9 +885,6 @@ def run_suite(
                 sample_size=max((math.prod(m.shape) for m in models.values()), default=0),
                 memory_jobs=_memory_jobs(estimate),
             )
-            why = _unsendable(todo) if chosen.jobs > 1 and len(todo) > 1 else None
-            if why is not None:  # e.g. a sampler registered at run time from a lambda: the cells run here instead
-                return replace(chosen, jobs=1, reason=f"1 job: the cells cannot be sent to worker processes ({why})")
             return chosen
 
         # rank 0 computes the metrics and owns the run directory; the others learn the directory and the cells
@@ -903,8 +900,6 @@ def run_suite(
                 done_keys = [_key(r) for r in prepared.records()]
                 chosen = parallelism([c for c in cells if c.key not in set(done_keys)])
                 prepared.log_environment(environment(ranks.device, ranks.world, chosen))
-                if chosen.reason.startswith("1 job: the cells cannot"):
-                    _warn(f"warning: {chosen.reason}")
                 plan = {"out": str(prepared.path), "done": done_keys}
                 # every rank extracts the features of its own samples: it needs the extractor's weights
                 plan["weights"] = {k: v["inception_weights"] and str(v["inception_weights"]) for k, v in inputs.items()}
@@ -981,15 +976,19 @@ def _longest_first(suite: Suite, todo: list[Cell], models: dict[str, torch.nn.Mo
     return sorted(todo, key=lambda c: -per_sample[c.model.name] * c.budget * c.model.n_total)
 
 
-def _unsendable(todo: list[Cell]) -> str | None:
-    """Why the cells' samplers cannot be sent to a worker process (pickled by reference), or None."""
+def _sendable_samplers(todo: list[Cell]) -> dict[str, Any]:
+    """The cells' samplers for the workers: each spec by value where it pickles (by reference to its functions),
+    else None: the worker takes the one its own import of samplers registers under that name (e.g. DLG's)."""
     from samplers import SAMPLERS
 
-    try:
-        pickle.dumps({c.sampler.sampler: SAMPLERS[c.sampler.sampler] for c in todo})
-    except Exception as err:
-        return _first_line(err)
-    return None
+    out: dict[str, Any] = {}
+    for name in dict.fromkeys(c.sampler.sampler for c in todo):
+        try:
+            pickle.dumps(SAMPLERS[name])
+            out[name] = SAMPLERS[name]
+        except Exception:
+            out[name] = None
+    return out
 
 
 class _Kept:
@@ -1024,8 +1023,6 @@ def _cells_in_workers(suite, todo, metrics, inputs, device, chosen: Parallelism,
     import concurrent.futures as cf
     import multiprocessing
 
-    from samplers import SAMPLERS
-
     state = {
         "suite": suite,
         "metrics": metrics,
@@ -1033,7 +1030,7 @@ def _cells_in_workers(suite, todo, metrics, inputs, device, chosen: Parallelism,
         "device": str(device),
         "threads": chosen.threads,
         "parent": os.getpid(),
-        "samplers": {c.sampler.sampler: SAMPLERS[c.sampler.sampler] for c in todo},
+        "samplers": _sendable_samplers(todo),
     }
     bar.set_postfix_str(f"{chosen.jobs} jobs", refresh=True)
     context = multiprocessing.get_context("spawn")
@@ -1067,8 +1064,9 @@ def _worker_start(state: dict[str, Any]) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends the workers
     set_torch_threads(state["threads"])
-    SAMPLERS.update(state["samplers"])
-    _WORKER.update(state, models={})
+    SAMPLERS.update({k: v for k, v in state["samplers"].items() if v is not None})
+    missing = [k for k, v in state["samplers"].items() if v is None and not _registered(k)]
+    _WORKER.update(state, models={}, missing=missing)
     parent = state["parent"]
 
     def watch() -> None:
@@ -1079,9 +1077,25 @@ def _worker_start(state: dict[str, Any]) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def _registered(name: str) -> bool:
+    """Whether this process's samplers know `name` (adapters such as diffusers:NAME are built on first use)."""
+    from samplers import get_sampler
+
+    try:
+        get_sampler(name)
+    except Exception:
+        return False
+    return True
+
+
 def _worker_cell(cell: Cell) -> tuple[dict[str, Any], np.ndarray | None]:
     """One cell in a worker: its record (metrics included) and the samples the run directory keeps."""
     suite, name = _WORKER["suite"], cell.model.name
+    if cell.sampler.sampler in _WORKER["missing"]:
+        raise ValueError(
+            f"sampler {cell.sampler.sampler!r} is registered in this process only and cannot be sent to worker "
+            "processes (define its functions at module level): run with --jobs 1"
+        )
     models = _WORKER["models"]
     if name not in models:
         models[name] = load_model_checked(cell.model.spec, _WORKER["device"], suite.source, **cell.model.options)
