@@ -234,3 +234,16 @@ def test_speed_refuses_to_update_a_baseline_under_load(tmp_path, monkeypatch, ca
     assert main([*SPEED, "--baseline", str(baseline), "--update-baseline"]) == 0
     entry = json.loads(baseline.read_text())["entries"][0]
     assert entry["threads"] == 1  # speed runs one thread
+
+
+def test_a_sampler_only_this_process_knows_is_one_line_under_jobs(tmp_path, monkeypatch, capsys):
+    spec = TEST_SAMPLERS["test_error"]
+    local = type(spec)("test_local", spec.fn, "test", False, lambda steps, **_: steps, "test", "a lambda", min_steps=1)
+    monkeypatch.setitem(SAMPLERS, "test_local", local)
+    suite = write(
+        tmp_path / "local.toml",
+        '[suite]\nn_samples = 8\nbudgets = [4, 6]\n[[models]]\nspec = "gmm-2d-ve"\n[samplers.test_local]\n',
+    )
+    assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--jobs", "2", "--no-report"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "'test_local' is registered in this process only" in err[-1] and "--jobs 1" in err[-1]
