@@ -55,13 +55,12 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
 
 
 def set_threads(args: argparse.Namespace) -> None:
+    """Apply `--threads` (bench.threads.set_torch_threads); nothing when it is not given."""
     if args.threads is None:
         return
-    if args.threads < 1:
-        raise ValueError(f"--threads must be a positive integer, got {args.threads}")
-    import torch
+    from .threads import set_torch_threads
 
-    torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
 
 
 def add_device_option(parser: argparse.ArgumentParser, default: str | None = "cpu", what: str = "") -> None:

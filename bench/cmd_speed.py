@@ -58,7 +58,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=f"baseline JSON to gate against or update (default: {DEFAULT_BASELINE} if it exists)",
     )
-    p.add_argument("--update-baseline", action="store_true", help="write the measured ratios into the baseline")
+    p.add_argument(
+        "--update-baseline",
+        action="store_true",
+        help="write the measured ratios into the baseline (refused while the machine's load average exceeds half its "
+        "usable cores: a baseline measured beside other work would let regressions through)",
+    )
+    p.add_argument(
+        "--force-update",
+        action="store_true",
+        help="update the baseline even on a loaded machine",
+    )
     p.add_argument(
         "--tolerance",
         type=positive_float,
@@ -74,6 +84,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the measured rows as JSON")
     p.set_defaults(func=run)
+
+
+# a baseline is recorded only while the 1-minute load average is at most this share of the usable cores
+BASELINE_MAX_LOAD = 0.5
+
+
+def check_idle_for_baseline() -> None:
+    """ValueError (one line) when the machine is visibly loaded: its load average over half its usable cores."""
+    from .threads import machine_load, usable_cores
+
+    load, cores = machine_load(), usable_cores()
+    if load is not None and load > BASELINE_MAX_LOAD * cores:
+        raise ValueError(
+            f"the machine is loaded (load average {load:.2f} on {cores} usable cores, over {BASELINE_MAX_LOAD:g} x "
+            "cores): not updating the baseline; rerun when it is idle, or pass --force-update"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     baseline = load_baseline(baseline_path)  # fail on a malformed file before the long part
     if args.baseline is not None and not baseline and not args.update_baseline:
         raise ValueError(f"baseline {args.baseline} does not exist (record one with --update-baseline)")
+    if args.update_baseline and not args.force_update:
+        check_idle_for_baseline()
 
     rows = run_gate(
         args.model,

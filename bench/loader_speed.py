@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .files import write_json
+from .threads import set_torch_threads
 
 # fixture folder -> spec template ({} is the folder): the formats whose loading this measures
 CHECKPOINTS = {
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also score_sde's CIFAR-10 NCSN++ (ve/cifar10_ncsnpp_continuous) at its published size, random weights",
     )
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    set_torch_threads(1)
     rows = []
     for folder, template in CHECKPOINTS.items():
         path = args.fixtures / "checkpoints" / folder

@@ -37,6 +37,7 @@ from samplers import SAMPLERS
 from samplers.api import synchronize
 
 from .files import write_json
+from .threads import set_torch_threads
 
 __all__ = ["NETS", "ConvEps", "PeerRow", "tiny_unet", "compare", "format_table", "main"]
 
@@ -284,7 +285,7 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> list[Pe
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available")
     if device.type == "cpu" and args.threads:
-        torch.set_num_threads(args.threads)
+        set_torch_threads(args.threads)
     if args.nets is None and args.batch_sizes is None:
         cases = list(DEFAULT_CASES)
     else:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from bench.files import write_text
 from bench.metrics import compute_metrics
+from bench.threads import set_torch_threads
 from models import load_model
 from samplers import SAMPLERS, sample
 
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--budgets must be comma-separated integers, got {args.budgets!r}")
     if args.n < 2:
         parser.error(f"--n must be at least 2, got {args.n}")
-    torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     start = time.perf_counter()
     table = preset_table(args.models.split(","), budgets, args.n, args.seed)
     seconds = time.perf_counter() - start

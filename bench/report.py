@@ -45,6 +45,7 @@ __all__ = [
     "write_report",
     "is_score",
     "loaded",
+    "concurrent",
 ]
 
 DLG_PREFIX = "dlg+"
@@ -77,6 +78,28 @@ def loaded(r: pd.Series | dict) -> bool:
     return bool(loads) and cores is not None and not pd.isna(cores) and max(loads) > float(cores)
 
 
+def concurrent(r: pd.Series | dict) -> bool:
+    """Whether the cell ran beside other cells of the run (`--jobs` > 1): its wall-clock shared the cores."""
+    jobs = r.get("jobs")
+    return jobs is not None and not pd.isna(jobs) and int(jobs) > 1
+
+
+def _timing_mark(r: pd.Series | dict) -> str:
+    marks = (["loaded"] if r.get("loaded") else []) + ([f"{int(r['jobs'])} jobs"] if concurrent(r) else [])
+    return ", ".join(marks)
+
+
+def in_suite_order(records: list[dict[str, Any]], suite: dict[str, Any]) -> list[dict[str, Any]]:
+    """Records by model and sampler in the suite's order, then budget: the order of a run with one job, whatever
+    order parallel jobs finished their cells in (names the suite does not list follow, in their first order)."""
+    models = {m: i for i, m in enumerate(dict.fromkeys(e.get("name") for e in suite.get("models", [])))}
+    samplers = {s: i for i, s in enumerate(dict.fromkeys(e.get("name") for e in suite.get("samplers", [])))}
+    for r in records:
+        models.setdefault(r.get("model"), len(models))
+        samplers.setdefault(r.get("sampler"), len(samplers))
+    return sorted(records, key=lambda r: (models[r.get("model")], samplers[r.get("sampler")], r.get("nfe_budget") or 0))
+
+
 # --- tables -----------------------------------------------------------------------------------------------------
 
 
@@ -90,6 +113,7 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         row.update(r.get("extras") or {})
         row.update(r.get("metrics") or {})
         row["loaded"] = loaded(r)
+        row["concurrent"] = concurrent(r)
         rows.append(row)
     frame = pd.DataFrame(rows)
     for column in ("model", "sampler", "nfe_budget", "status", "nfe", "ms_per_sample", "wall_s"):
@@ -182,7 +206,7 @@ def best_table(frame: pd.DataFrame, metrics: dict[str, list[str]]) -> pd.DataFra
                         "exact_floor": None if floor is None or pd.isna(floor) else floor,
                         "nfe": best["nfe"],
                         "ms_per_sample": best["ms_per_sample"],
-                        "timing": "loaded" if best.get("loaded") else "",
+                        "timing": _timing_mark(best),
                         "companion": companion,
                         "tied_with": ", ".join(ties),
                         "runner_up": "" if runner is None else f"{runner['sampler']} ({_fmt(runner[metric])})",
@@ -632,8 +656,8 @@ def write_report(run_dir: Path | str, warn=None) -> Path:
     no ok cell, or a metric with no value, gets what exists and a line saying what is missing. Comparisons that mix
     protocols (bench.protocol) are warned about in report.md and through `warn` (default: a line on stderr)."""
     run_dir = Path(run_dir)
-    records = read_records(run_dir)
     suite = json.loads((run_dir / "suite.json").read_text()) if (run_dir / "suite.json").exists() else {}
+    records = in_suite_order(read_records(run_dir), suite)
     frame = records_frame(records)
     (run_dir / "tables").mkdir(exist_ok=True)
     (run_dir / "plots").mkdir(exist_ok=True)
@@ -685,7 +709,7 @@ def write_report(run_dir: Path | str, warn=None) -> Path:
             lines += [f"![{model}: metrics vs NFE](plots/{name}-nfe.png)", ""]
         sections = []
         values = [c for m in metrics[model] for c in (m, *(m + s for s in (*INTERVAL_SUFFIXES, "_floor", "_mean")))]
-        timing = ("ms_per_sample", "wall_s", "loaded", "load_before", "load_after", "cpu_count")
+        timing = ("ms_per_sample", "wall_s", "loaded", "jobs", "threads", "load_before", "load_after", "cpu_count")
         cols = [c for c in ("sampler", "nfe_budget", "nfe", "status", *values, *timing) if c in long]
         write_text(run_dir / "tables" / f"{name}.csv", long[cols].to_csv(index=False))
         for metric in metrics[model]:
@@ -840,6 +864,14 @@ def _run_summary(run_dir: Path, frame: pd.DataFrame) -> list[str]:
             f"Timings: {len(busy)} of {len(frame)} cells ran while the machine's load average (up to {peak:.1f}) "
             f"exceeded its {cores:.0f} cores; their wall-clock is noise (hatched in the Pareto plots, `loaded` in "
             "the tables).",
+            "",
+        ]
+    shared = frame[frame["concurrent"]] if "concurrent" in frame else frame.iloc[:0]
+    if not shared.empty:
+        load_note += [
+            f"Timings: {len(shared)} of {len(frame)} cells ran {int(shared['jobs'].max())} at a time (`--jobs`), "
+            "so their wall-clock includes sharing the cores with the run's other cells (`N jobs` in the best-sampler "
+            "tables, `jobs` in tables/*.csv); for timings alone, run with --jobs 1.",
             "",
         ]
     return [

@@ -14,15 +14,18 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import platform
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +38,7 @@ from tqdm import tqdm
 from .distributed import Ranks
 from .files import replacing, write_json, write_text
 from .suite import KEEP_SAMPLES_2D, Cell, Suite
+from .threads import Parallelism, choose, machine_load, set_torch_threads
 
 __all__ = [
     "Interrupted",
@@ -54,6 +58,21 @@ RECORDS = "records.jsonl"
 MARKER = ".scorebench-run"
 # everything `scorebench run` writes into a run directory: what --force removes, and nothing else
 RUN_OUTPUTS = ("suite.toml", "suite.json", "env.json", RECORDS, "samples", "tables", "plots", "grids", "report.md")
+# the fields of a record that say how and when it was measured: the only ones that differ between two runs of one
+# suite (e.g. --jobs 1 and --jobs 2); everything else (metrics, measured NFE, steps, kept samples) is identical
+TIMING_FIELDS = frozenset(
+    {
+        "wall_s",
+        "ms_per_sample",
+        "metrics_s",
+        "peak_mem_mb",
+        "finished_at",
+        "load_before",
+        "load_after",
+        "jobs",
+        "threads",
+    }
+)
 
 
 def default_out_dir(suite: Suite) -> Path:
@@ -533,7 +552,7 @@ def _json_default(obj: Any) -> Any:
 # --- environment ------------------------------------------------------------------------------------------------
 
 
-def environment(device: torch.device, world: int) -> dict[str, Any]:
+def environment(device: torch.device, world: int, parallelism: Parallelism | None = None) -> dict[str, Any]:
     """Versions, device and source revision: what a number in this run depends on besides the suite."""
     import importlib.metadata as md
 
@@ -555,6 +574,9 @@ def environment(device: torch.device, world: int) -> dict[str, Any]:
         "world_size": world,
         "git": _git_revision(Path(__file__).resolve().parent.parent),
     }
+    if parallelism is not None:  # jobs, threads per job, usable cores, and why
+        env["parallelism"] = parallelism.to_dict()
+        env["load"] = machine_load()
     if device.type == "cuda":
         env["cuda"] = {"name": torch.cuda.get_device_name(device), "version": torch.version.cuda}
     return env
@@ -593,10 +615,7 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def _load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (OSError, AttributeError):  # not on every platform
-        return None
+    return machine_load()
 
 
 def _highest(values) -> float | None:
@@ -828,15 +847,20 @@ def run_suite(
     force: bool = False,
     progress: bool = True,
     check_resources: bool = True,
+    jobs: int | None = None,
+    threads: int | None = None,
 ) -> Path | None:
     """Validate everything, then sweep every cell not yet recorded; returns the run directory (None off rank 0).
 
     `check_resources`: refuse (ValueError) a suite whose memory or time estimate exceeds the machine (--yes-i-know
-    turns it off)."""
+    turns it off). `jobs`, `threads`: worker processes sampling cells at once and torch threads per process (None:
+    chosen from the machine and the models, bench.threads.choose). With several jobs, workers (spawned, each loading
+    the models once) send finished records back and this process alone appends them, in the order they finish."""
     from .checks import check_device
 
     suite.validate()
     ranks = Ranks.from_env(check_device(device or suite.device))
+    set_torch_threads(threads or 1)  # loading and checking the models; the run's own choice follows
     prepared: RunDir | None = None  # rank 0's, holding the directory's lock until the sweep ends
     try:
         check_sharding(suite, ranks.world)
@@ -844,9 +868,24 @@ def run_suite(
         metrics = resolve_metrics(suite, models)
         references = resolve_references(suite, models, metrics)
         metrics = fit_metrics_to_references(suite, metrics, references)
+        estimate = None
         if check_resources:
-            _check_resources(suite, estimate_resources(suite, models, metrics, ranks.world), ranks.device)
+            estimate = estimate_resources(suite, models, metrics, ranks.world)
+            _check_resources(suite, estimate, ranks.device)
         resolved = resolved_suite(suite, metrics, references, ranks.device, models)
+        cells = suite.cells()
+
+        def parallelism(todo: list[Cell]) -> Parallelism:
+            chosen = choose(
+                device_type=ranks.device.type,
+                world=ranks.world,
+                jobs=jobs,
+                threads=threads,
+                cells=len(todo),
+                sample_size=max((math.prod(m.shape) for m in models.values()), default=0),
+                memory_jobs=_memory_jobs(estimate),
+            )
+            return chosen
 
         # rank 0 computes the metrics and owns the run directory; the others learn the directory and the cells
         # already done, or the error
@@ -858,8 +897,10 @@ def run_suite(
                 if out is None:
                     out = _latest_run(suite) if resume else default_out_dir(suite)
                 prepared = RunDir.prepare(out, resolved, Path(suite.source).read_text(), resume, force)
-                prepared.log_environment(environment(ranks.device, ranks.world))
-                plan = {"out": str(prepared.path), "done": [_key(r) for r in prepared.records()]}
+                done_keys = [_key(r) for r in prepared.records()]
+                chosen = parallelism([c for c in cells if c.key not in set(done_keys)])
+                prepared.log_environment(environment(ranks.device, ranks.world, chosen))
+                plan = {"out": str(prepared.path), "done": done_keys}
                 # every rank extracts the features of its own samples: it needs the extractor's weights
                 plan["weights"] = {k: v["inception_weights"] and str(v["inception_weights"]) for k, v in inputs.items()}
             except ValueError as err:
@@ -872,8 +913,9 @@ def run_suite(
         if not ranks.main:
             inputs = {k: {"inception_weights": w and Path(w)} for k, w in plan["weights"].items()}
 
-        cells = suite.cells()
         todo = [c for c in cells if c.key not in done]
+        chosen = parallelism(todo)
+        set_torch_threads(chosen.threads)
         if ranks.main:
             _save_references(run, suite, models)
         bar = tqdm(
@@ -885,22 +927,184 @@ def run_suite(
             dynamic_ncols=True,
         )
         with bar, _resumable(run.path):
-            for cell in todo:
-                bar.set_postfix_str(f"{cell.model.name} {cell.sampler.name} @{cell.budget}", refresh=True)
-                save = run.save_samples if ranks.main else None
-                name = cell.model.name
-                record = run_cell(cell, models[name], suite, metrics[name], ranks, save, inputs.get(name))
-                if record is not None:
+            in_workers = chosen.jobs > 1 and len(todo) > 1
+            if in_workers:
+                todo = _longest_first(suite, todo, models)
+                results = _cells_in_workers(suite, todo, metrics, inputs, ranks.device, chosen, bar)
+            else:
+                results = _cells_here(suite, todo, models, metrics, inputs, ranks, run, bar)
+            with closing(results):  # an error or Ctrl-C here ends the workers at once
+                for cell, record, kept in results:
+                    if record is None:  # not rank 0 of a torchrun
+                        bar.update()
+                        continue
+                    if kept is not None:
+                        record["samples_file"] = run.save_samples(cell, kept)
+                    record.update(jobs=chosen.jobs if in_workers else 1, threads=chosen.threads)
                     record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
                     run.append(record)
                     if record["status"] != "ok":
                         bar.write(f"{'/'.join(map(str, cell.key))}: {record['status']}: {record.get('error')}")
-                bar.update()
+                    bar.set_postfix_str(f"{cell.model.name} {cell.sampler.name} @{cell.budget}", refresh=False)
+                    bar.update()
         return run.path if ranks.main else None
     finally:
         if prepared is not None:
             prepared.close()
         ranks.close()
+
+
+CellResult = tuple[Cell, dict[str, Any] | None, np.ndarray | None]  # the cell, its record, its kept samples
+
+
+def _memory_jobs(estimate: Estimate | None) -> int | None:
+    """How many cells at once the host memory holds (None: unknown)."""
+    from .checks import available_memory
+
+    available = available_memory()
+    if estimate is None or available is None or estimate.memory <= 0:
+        return None
+    return max(1, int(available // estimate.memory))
+
+
+def _longest_first(suite: Suite, todo: list[Cell], models: dict[str, torch.nn.Module]) -> list[Cell]:
+    """The cells by estimated sampling time, longest first (from one timed evaluation per model), so that the jobs
+    finish together instead of one job running the longest cells alone at the end."""
+    per_sample = {
+        e.name: probe_model(models[e.name], f"model {e.spec!r}", batch=min(e.batch_size, 64)) for e in suite.models
+    }
+    return sorted(todo, key=lambda c: -per_sample[c.model.name] * c.budget * c.model.n_total)
+
+
+def _sendable_samplers(todo: list[Cell]) -> dict[str, Any]:
+    """The cells' samplers for the workers: each spec by value where it pickles (by reference to its functions),
+    else None: the worker takes the one its own import of samplers registers under that name (e.g. DLG's)."""
+    from samplers import SAMPLERS
+
+    out: dict[str, Any] = {}
+    for name in dict.fromkeys(c.sampler.sampler for c in todo):
+        try:
+            pickle.dumps(SAMPLERS[name])
+            out[name] = SAMPLERS[name]
+        except Exception:
+            out[name] = None
+    return out
+
+
+class _Kept:
+    """run_cell's save_samples that keeps the samples for the process writing the run directory to save."""
+
+    def __init__(self) -> None:
+        self.x: np.ndarray | None = None
+
+    def __call__(self, cell: Cell, x: np.ndarray) -> str:
+        self.x = x
+        return ""
+
+
+def _cells_here(suite, todo, models, metrics, inputs, ranks: Ranks, run: RunDir, bar) -> Iterator[CellResult]:
+    """The cells one after the other in this process (every rank under torchrun)."""
+    for cell in todo:
+        bar.set_postfix_str(f"{cell.model.name} {cell.sampler.name} @{cell.budget}", refresh=True)
+        name = cell.model.name
+        kept = _Kept()
+        record = run_cell(
+            cell, models[name], suite, metrics[name], ranks, kept if ranks.main else None, inputs.get(name)
+        )
+        if record is not None:
+            record.pop("samples_file", None)  # saved by the caller, as for the workers' cells
+        yield cell, record, kept.x
+
+
+def _cells_in_workers(suite, todo, metrics, inputs, device, chosen: Parallelism, bar) -> Iterator[CellResult]:
+    """The cells in `chosen.jobs` spawned worker processes, yielded as they finish. Each worker loads a model the
+    first time one of its cells needs it; Ctrl-C or an error here ends the workers, and a worker whose parent died
+    (SIGKILL) ends itself."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    state = {
+        "suite": suite,
+        "metrics": metrics,
+        "inputs": inputs,
+        "device": str(device),
+        "threads": chosen.threads,
+        "parent": os.getpid(),
+        "samplers": _sendable_samplers(todo),
+    }
+    bar.set_postfix_str(f"{chosen.jobs} jobs", refresh=True)
+    context = multiprocessing.get_context("spawn")
+    pool = cf.ProcessPoolExecutor(chosen.jobs, mp_context=context, initializer=_worker_start, initargs=(state,))
+    finished = False
+    try:
+        futures = {pool.submit(_worker_cell, c): c for c in todo}
+        for future in cf.as_completed(futures):
+            try:
+                record, kept = future.result()
+            except cf.process.BrokenProcessPool:
+                raise ValueError(
+                    "a worker process died (out of memory?); the finished cells are saved: resume with --resume "
+                    "--jobs 1"
+                ) from None
+            yield futures[future], record, kept
+        finished = True
+    finally:
+        pool.shutdown(wait=finished, cancel_futures=True)
+        if not finished:
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+
+
+_WORKER: dict[str, Any] = {}  # a worker process's suite, models (loaded when first needed) and metric inputs
+
+
+def _worker_start(state: dict[str, Any]) -> None:
+    """A worker's set-up: its threads, the parent's samplers, and a watch that ends it when the parent dies."""
+    from samplers import SAMPLERS
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends the workers
+    set_torch_threads(state["threads"])
+    SAMPLERS.update({k: v for k, v in state["samplers"].items() if v is not None})
+    missing = [k for k, v in state["samplers"].items() if v is None and not _registered(k)]
+    _WORKER.update(state, models={}, missing=missing)
+    parent = state["parent"]
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _registered(name: str) -> bool:
+    """Whether this process's samplers know `name` (adapters such as diffusers:NAME are built on first use)."""
+    from samplers import get_sampler
+
+    try:
+        get_sampler(name)
+    except Exception:
+        return False
+    return True
+
+
+def _worker_cell(cell: Cell) -> tuple[dict[str, Any], np.ndarray | None]:
+    """One cell in a worker: its record (metrics included) and the samples the run directory keeps."""
+    suite, name = _WORKER["suite"], cell.model.name
+    if cell.sampler.sampler in _WORKER["missing"]:
+        raise ValueError(
+            f"sampler {cell.sampler.sampler!r} is registered in this process only and cannot be sent to worker "
+            "processes (define its functions at module level): run with --jobs 1"
+        )
+    models = _WORKER["models"]
+    if name not in models:
+        models[name] = load_model_checked(cell.model.spec, _WORKER["device"], suite.source, **cell.model.options)
+    kept = _Kept()
+    ranks = Ranks(0, 1, torch.device(_WORKER["device"]))
+    record = run_cell(cell, models[name], suite, _WORKER["metrics"][name], ranks, kept, _WORKER["inputs"].get(name))
+    assert record is not None
+    record.pop("samples_file", None)
+    return record, kept.x
 
 
 class Interrupted(Exception):

@@ -42,6 +42,7 @@ from samplers import SAMPLERS, SamplerSpec, make_schedule, steps_for_budget
 from samplers.api import TOLERANCES, draw_batch, synchronize
 
 from .files import write_json
+from .threads import set_torch_threads
 
 __all__ = [
     "DEFAULT_BASELINE",
@@ -428,7 +429,7 @@ def run_gate(
         raise ValueError(f"unknown sampler {', '.join(map(repr, unknown))}; known: {', '.join(registry)}")
     previous_threads = torch.get_num_threads()
     if torch.device(device).type == "cpu" and threads:
-        torch.set_num_threads(threads)
+        set_torch_threads(threads)
     try:
         workloads = []
         for model_name in models:
@@ -442,7 +443,7 @@ def run_gate(
         with tqdm(total=repeats * len(workloads), desc="timing", unit="pair", leave=False) as bar:
             return measure(workloads, repeats, progress=bar.update)
     finally:
-        torch.set_num_threads(previous_threads)
+        set_torch_threads(previous_threads)
 
 
 def format_rows(rows: Sequence[SpeedRow]) -> str:

@@ -7,6 +7,9 @@ import torch
 
 # Tests are sized for a 2-core CPU; keep torch from oversubscribing it when pytest runs in parallel with other work.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# `scorebench run` in one process unless a test asks for --jobs: tests that spy on or patch the harness in-process
+# need every cell to run where the spy is
+os.environ.setdefault("SCOREBENCH_JOBS", "1")
 
 
 @pytest.fixture(scope="module")

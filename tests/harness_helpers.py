@@ -34,12 +34,15 @@ def slow_kar1(model, x, sigmas, noise=None, *, denoise: bool = True):
     return kar1(model, x, sigmas, noise, denoise=denoise)
 
 
+def _slow_nfe(steps: int, denoise: bool = True, **_) -> int:
+    return 2 * steps - 1
+
+
+# module-level functions only: worker processes (`--jobs`) receive the samplers by reference
 TEST_SAMPLERS = {
     "test_nan": SamplerSpec("test_nan", nan_sampler, "test", False, _levels, "test", "returns NaN", min_steps=1),
     "test_error": SamplerSpec("test_error", error_sampler, "test", False, _levels, "test", "raises", min_steps=1),
-    "test_slow": SamplerSpec(
-        "test_slow", slow_kar1, "test", False, lambda steps, denoise=True, **_: 2 * steps - 1, "test", "slow kar1"
-    ),
+    "test_slow": SamplerSpec("test_slow", slow_kar1, "test", False, _slow_nfe, "test", "slow kar1"),
 }
 
 
