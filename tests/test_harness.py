@@ -353,7 +353,7 @@ BAD_INPUTS = {
     "unknown suite key": (TINY.replace("seed = 7", "seeds = 7"), "unknown key 'seeds' in [suite]"),
     "unknown model key": (TINY.replace('name = "vp"', 'label = "vp"'), "unknown key 'label' in [[models]] #2"),
     "unknown hyper-parameter": (TINY.replace("snr = 0.01", "snrr = 0.01"), "[samplers.pc]: sampler 'pc' has no hyper"),
-    "hyper-parameter of the wrong type": (TINY.replace("eta = 1.0", 'eta = "1.0"'), "eta must be a number >= 0, got '1.0'"),
+    "hyper-parameter of the wrong type": (TINY.replace("eta = 1.0", 'eta = "1.0"'), "eta must be a number >= 0"),
     "unknown model": (TINY.replace('spec = "gmm-2d-ve"', 'spec = "gmm-3d"'), "model 'gmm-3d' cannot be loaded"),
     "unknown sampler": (TINY + "\n[samplers.kar3]\n", "[samplers.kar3]: unknown sampler 'kar3'"),
     "budget below every step count": (
