@@ -71,11 +71,19 @@ def _label(metric: str, shown: str | None = None) -> str:
 
 
 def loaded(r: pd.Series | dict) -> bool:
-    """Whether the machine's load average exceeded its cores while the cell sampled: its timing is noise."""
+    """Whether other work loaded the machine while the cell sampled, so that its timing is noise: the load average
+    exceeded the cores by more than half of what the run's own jobs x threads put on them (the run's own load is
+    counted in the average, and lags it)."""
     cores = r.get("cpu_count")
     loads = [r.get(k) for k in ("load_before", "load_after")]
     loads = [float(v) for v in loads if v is not None and not pd.isna(v)]
-    return bool(loads) and cores is not None and not pd.isna(cores) and max(loads) > float(cores)
+    if not loads or cores is None or pd.isna(cores):
+        return False
+    own = 1.0
+    for key in ("jobs", "threads"):
+        value = r.get(key)
+        own *= float(value) if value is not None and not pd.isna(value) else 1.0
+    return max(loads) > float(cores) + 0.5 * own
 
 
 def concurrent(r: pd.Series | dict) -> bool:
