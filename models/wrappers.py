@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .base import Denoiser
 from .processes import DDPMProcess, Process
 
-__all__ = ["NetworkDenoiser", "PREDICTIONS", "CONDITIONINGS"]
+__all__ = ["NetworkDenoiser", "PREDICTIONS", "CONDITIONINGS", "nearest_level"]
 
 PREDICTIONS = ("eps", "score", "x0", "v")
 CONDITIONINGS = ("sigma", "t", "t999", "index", "level")
@@ -78,6 +78,13 @@ class _ScheduleTerms:
 
     def __getstate__(self):  # weak references do not pickle; a copy starts empty
         return {"convert": self.convert, "entries": {}}
+
+
+def nearest_level(sigma: Tensor, levels: Tensor) -> Tensor:
+    """The index of the level nearest to each sigma in log sigma, among decreasing levels [L] (no host sync)."""
+    log_levels = levels.log()
+    bounds = ((log_levels[1:] + log_levels[:-1]) / 2).flip(0)  # increasing midpoints between neighbours
+    return len(levels) - 1 - torch.bucketize(sigma.log(), bounds)
 
 
 class NetworkDenoiser(Denoiser):
@@ -134,9 +141,7 @@ class NetworkDenoiser(Denoiser):
     def level_index(self, sigma: Tensor) -> Tensor:
         """The index of each sigma [B] among the model's discrete levels; ValueError (a device-side assert on a GPU,
         which never waits for the host) for a sigma that is not one of them."""
-        log_levels = self.levels.log()
-        bounds = ((log_levels[1:] + log_levels[:-1]) / 2).flip(0)  # increasing midpoints between neighbours
-        index = len(self.levels) - 1 - torch.bucketize(sigma.log(), bounds)
+        index = nearest_level(sigma, self.levels)
         off = torch.where(sigma > 0, sigma / self.levels[index] - 1, 0).abs().amax()  # a schedule's final 0 is no call
         message = (
             f"model {self.name!r} was trained on {len(self.levels)} discrete noise levels and sigma is not one of "

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from models.wrappers import nearest_level
+
 __all__ = [
     "karras",
     "geometric",
@@ -78,7 +80,7 @@ def on_levels(schedule: Tensor, levels: Tensor) -> Tensor:
     n, count = wanted.numel(), levels.numel()
     if n > count:
         raise ValueError(f"a schedule of {n} noise levels does not fit a model trained on {count} discrete levels")
-    nearest = (wanted.cpu().log()[:, None] - levels.log()[None]).abs().argmin(1).tolist()
+    nearest = nearest_level(wanted.cpu(), levels).tolist()
     index = []
     for i, j in enumerate(nearest):  # strictly increasing indices, leaving room for the levels still to come
         index.append(min(max(j, index[-1] + 1 if index else 0), count - (n - i)))
