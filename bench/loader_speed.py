@@ -39,7 +39,11 @@ WRAP_PAIRS = 5  # denoiser-vs-network timing pairs per load repeat
 
 
 def _file_of(spec: str) -> Path:
-    return Path(spec.partition(":")[2])
+    from models.upstream import split_spec
+
+    found = split_spec(spec)
+    assert found is not None, f"not an upstream checkpoint spec: {spec}"
+    return Path(found[1])
 
 
 def _reader(spec: str):
